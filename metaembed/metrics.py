@@ -1,0 +1,72 @@
+"""Retrieval metrics with ties counted against the model.
+
+Rankings are made pessimistic first (among equal scores, relevant documents go last), then scored
+with trec_eval through pytrec-eval-terrier, so nDCG@k is trec_eval's ``ndcg_cut`` exactly. Why the
+first step: trec_eval breaks ties by document id and MMEB's reference scorer by list position (the
+gold candidate first), both of which can reward a constant scorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytrec_eval
+import torch
+
+Run = Mapping[str, Mapping[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+DEFAULT_CUTOFFS = (1, 5, 10)
+
+
+def pessimistic_ranking(scores: Mapping[str, float], relevant: Mapping[str, int]) -> list[str]:
+    """Documents by descending score; on equal scores non-relevant first, then by id for determinism."""
+    return sorted(scores, key=lambda doc: (-scores[doc], relevant.get(doc, 0) > 0, doc))
+
+
+def _ranked_run(run: Run, qrels: Qrels, depth: int | None = None) -> dict[str, dict[str, float]]:
+    """Replace scores by rank-derived, tie-free scores so trec_eval sees our pessimistic order."""
+    ranked: dict[str, dict[str, float]] = {}
+    for qid, scores in run.items():
+        order = pessimistic_ranking(scores, qrels.get(qid, {}))[:depth]
+        ranked[qid] = {doc: float(len(order) - rank) for rank, doc in enumerate(order)}
+    return ranked
+
+
+def evaluate(run: Run, qrels: Qrels, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, ndcg_cutoffs: Sequence[int] = (5, 10)
+             ) -> dict[str, float]:
+    """Mean nDCG@k, Recall@k, Hit@k and MRR@10 over the queries in ``qrels``.
+
+    Every query in ``qrels`` counts; one missing from ``run`` scores 0 (never silently dropped).
+    """
+    if not qrels:
+        raise ValueError("qrels is empty: nothing to evaluate")
+    full_run = {qid: dict(run.get(qid, {})) for qid in qrels}
+    measures = {
+        "ndcg_cut." + ",".join(map(str, ndcg_cutoffs)),
+        "recall." + ",".join(map(str, cutoffs)),
+        "success." + ",".join(map(str, cutoffs)),
+    }
+    per_query = pytrec_eval.RelevanceEvaluator(dict(qrels), measures).evaluate(_ranked_run(full_run, qrels))
+    mrr = pytrec_eval.RelevanceEvaluator(dict(qrels), {"recip_rank"}).evaluate(_ranked_run(full_run, qrels, 10))
+    out: dict[str, float] = {}
+    names = [(f"ndcg@{k}", f"ndcg_cut_{k}") for k in ndcg_cutoffs]
+    names += [(f"recall@{k}", f"recall_{k}") for k in cutoffs] + [(f"hit@{k}", f"success_{k}") for k in cutoffs]
+    n = len(qrels)
+    for ours, theirs in names:
+        out[ours] = sum(per_query.get(qid, {}).get(theirs, 0.0) for qid in qrels) / n
+    out["mrr@10"] = sum(mrr.get(qid, {}).get("recip_rank", 0.0) for qid in qrels) / n
+    return out
+
+
+def mmeb_precision_at_1(scores: torch.Tensor) -> float:
+    """MMEB Precision@1 for one query: gold is candidate 0 and must strictly beat every other.
+
+    MMEB's reference ``argmax`` gives ties to the gold candidate, so a constant scorer gets 100%;
+    we count a tie as a miss.
+    """
+    if scores.dim() != 1 or scores.numel() == 0:
+        raise ValueError("scores must be a non-empty 1-D tensor with the gold candidate first")
+    if scores.numel() == 1:
+        return 1.0
+    return float(bool(scores[0] > scores[1:].max()))

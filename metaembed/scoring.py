@@ -1,0 +1,135 @@
+"""Budgeted late-interaction (MaxSim) scoring over a token-major candidate store.
+
+s(q, c) = sum_{i < r_q} max_{j < r_c} <q_i, c_j>  on L2-normalised vectors, with no division by r_q
+(MetaEmbed paper, Sec. 3), so scores lie in [-r_q, r_q] and compare only within one budget.
+
+Why token-major ``(R_c, N, D)``: MetaEmbed candidates always carry exactly R_c vectors, so a budget
+prefix r_c is the contiguous slab ``store[:r_c]`` and scoring is a batched GEMM per candidate block,
+streaming each needed byte once. The common candidate-major layout with a 4-D einsum measured many
+times slower at middle budgets (see benchmarks/bench_scoring.py). Nothing is padded, so a padded zero
+can never beat a real negative similarity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from metaembed.budget import Budget
+
+#: Bytes of per-block intermediate results we aim to keep in a core's L2 cache.
+_BLOCK_TARGET_BYTES = 1 << 20
+
+
+def _as_batch(queries: torch.Tensor) -> torch.Tensor:
+    if queries.dim() == 2:
+        return queries.unsqueeze(0)
+    if queries.dim() != 3:
+        raise ValueError(f"queries must be (r_q, D) or (B, r_q, D), got shape {tuple(queries.shape)}")
+    return queries
+
+
+def default_block_size(r_c: int, rows: int, dim: int, dtype: torch.dtype) -> int:
+    """Candidates per block so that the block's ``(r_c, block, rows)`` similarities stay in cache.
+
+    ``rows`` is the number of query vectors scored at once (batch x r_q). Half-precision blocks are
+    also widened to fp32 (fp32 accumulation), and that copy must fit too.
+    """
+    per_candidate = r_c * rows * 4
+    if dtype != torch.float32:
+        per_candidate += r_c * dim * 4
+    return max(16, _BLOCK_TARGET_BYTES // per_candidate)
+
+
+def maxsim(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    budget: Budget,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Score every query against every candidate at ``budget``.
+
+    ``queries``: ``(B, R_q, D)`` or ``(R_q, D)``, any float dtype (only the first ``r_q`` rows are used).
+    ``candidates``: token-major ``(R_c, N, D)`` in fp32, bf16 or fp16 (only ``[:r_c]`` is read).
+    Returns ``(B, N)`` fp32 scores. Half-precision blocks are widened to fp32 before the GEMM, so the
+    result equals fp32 scoring of the stored (rounded) vectors.
+    """
+    q = _as_batch(queries)
+    if candidates.dim() != 3:
+        raise ValueError(f"candidates must be token-major (R_c, N, D), got shape {tuple(candidates.shape)}")
+    budget.validate(q.shape[1], candidates.shape[0])
+    if q.shape[-1] != candidates.shape[-1]:
+        raise ValueError(f"dimension mismatch: queries D={q.shape[-1]}, candidates D={candidates.shape[-1]}")
+    n_queries, r_q, r_c = q.shape[0], budget.r_q, budget.r_c
+    n_cand, dim = candidates.shape[1], candidates.shape[2]
+    rows = n_queries * r_q
+    # (D, B*r_q): one GEMM per candidate block scores every query vector of every query at once.
+    q_t = q[:, :r_q].reshape(rows, dim).to(torch.float32).T.contiguous().expand(r_c, dim, rows)
+    slab = candidates[:r_c]
+    widen = slab.dtype != torch.float32
+    step = block_size or default_block_size(r_c, rows, dim, slab.dtype)
+    out = torch.empty(n_queries, n_cand, dtype=torch.float32)
+    for start in range(0, n_cand, step):
+        block = slab[:, start : start + step]
+        if widen:
+            block = block.to(torch.float32)
+        sims = torch.bmm(block, q_t)  # (r_c, nb, B*r_q)
+        best = sims.amax(dim=0)  # (nb, B*r_q): MaxSim over candidate vectors
+        out[:, start : start + step] = best.view(-1, n_queries, r_q).sum(dim=2).T
+    return out
+
+
+def maxsim_pairs(queries: torch.Tensor, candidates: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """Score ``(B, R_q, D)`` queries against candidate-major ``(M, R_c, D)`` candidates -> ``(B, M)``.
+
+    A convenience for small per-query candidate lists (MMEB-style evaluation, training-free checks).
+    """
+    if candidates.dim() != 3:
+        raise ValueError(f"candidates must be (M, R_c, D), got shape {tuple(candidates.shape)}")
+    budget.validate(_as_batch(queries).shape[1], candidates.shape[1])
+    token_major = candidates[:, : budget.r_c].transpose(0, 1).contiguous()
+    return maxsim(queries, token_major, budget)
+
+
+def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k per row with ties broken by lower position, so results are reproducible.
+
+    ``torch.topk`` does not promise an order among equal values; we find the k-th value with it and
+    then stable-sort only the (usually few) candidates at or above that value.
+    """
+    if scores.dim() == 1:
+        values, indices = topk(scores.unsqueeze(0), k)
+        return values[0], indices[0]
+    k = min(k, scores.shape[1])
+    if k <= 0:
+        empty = torch.empty(scores.shape[0], 0)
+        return empty, empty.long()
+    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    values_out, indices_out = [], []
+    for row, threshold in zip(scores, kth, strict=True):
+        positions = torch.nonzero(row >= threshold, as_tuple=True)[0]
+        order = torch.sort(row[positions], descending=True, stable=True).indices[:k]
+        indices_out.append(positions[order])
+        values_out.append(row[positions[order]])
+    return torch.stack(values_out), torch.stack(indices_out)
+
+
+@dataclass(frozen=True)
+class TokenMatch:
+    """Which candidate Meta Token each query Meta Token matched, for one (query, candidate) pair."""
+
+    similarity: torch.Tensor  #: (r_q, r_c) cosine similarities
+    best: torch.Tensor  #: (r_q,) index of the best candidate vector per query vector
+    contributions: torch.Tensor  #: (r_q,) each query vector's max similarity (its share of the score)
+    score: float  #: sum of contributions == MaxSim score at this budget
+
+
+def token_matches(query: torch.Tensor, candidate: torch.Tensor, budget: Budget) -> TokenMatch:
+    """The data behind the token-match heatmap: ``query (R_q, D)``, ``candidate (R_c, D)``."""
+    if query.dim() != 2 or candidate.dim() != 2:
+        raise ValueError("token_matches takes one query (R_q, D) and one candidate (R_c, D)")
+    budget.validate(query.shape[0], candidate.shape[0])
+    sim = query[: budget.r_q].to(torch.float32) @ candidate[: budget.r_c].to(torch.float32).T
+    contributions, best = sim.max(dim=1)  # first maximal index on ties
+    return TokenMatch(sim, best, contributions, float(contributions.sum()))
