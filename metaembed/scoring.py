@@ -65,18 +65,28 @@ def maxsim(
     n_cand, dim = candidates.shape[1], candidates.shape[2]
     rows = n_queries * r_q
     # (D, B*r_q): one GEMM per candidate block scores every query vector of every query at once.
-    q_t = q[:, :r_q].reshape(rows, dim).to(torch.float32).T.contiguous().expand(r_c, dim, rows)
+    q_t = q[:, :r_q].reshape(rows, dim).to(torch.float32).T.contiguous()
     slab = candidates[:r_c]
     widen = slab.dtype != torch.float32
-    step = block_size or default_block_size(r_c, rows, dim, slab.dtype)
+    step = min(block_size or default_block_size(r_c, rows, dim, slab.dtype), max(n_cand, 1))
     out = torch.empty(n_queries, n_cand, dtype=torch.float32)
+    # Buffers are allocated once: fresh large tensors per block cost page faults that dominated runtime.
+    wide_buf = torch.empty(r_c, step, dim, dtype=torch.float32) if widen else None
+    sims_buf = torch.empty(r_c, step, rows, dtype=torch.float32)
+    best_buf = torch.empty(step, rows, dtype=torch.float32)
     for start in range(0, n_cand, step):
-        block = slab[:, start : start + step]
-        if widen:
-            block = block.to(torch.float32)
-        sims = torch.bmm(block, q_t)  # (r_c, nb, B*r_q)
-        best = sims.amax(dim=0)  # (nb, B*r_q): MaxSim over candidate vectors
-        out[:, start : start + step] = best.view(-1, n_queries, r_q).sum(dim=2).T
+        width = min(step, n_cand - start)
+        block = slab[:, start : start + width]
+        sims = sims_buf[:, :width]  # (r_c, nb, B*r_q)
+        if wide_buf is not None and width == step:
+            # The widened copy is contiguous, so all r_c token slabs form one (r_c*nb, D) GEMM.
+            torch.mm(wide_buf.copy_(block).view(-1, dim), q_t, out=sims_buf.view(-1, rows))
+        elif wide_buf is not None:
+            torch.matmul(wide_buf[:, :width].copy_(block), q_t, out=sims)
+        else:
+            torch.matmul(block, q_t, out=sims)
+        best = torch.amax(sims, dim=0, out=best_buf[:width])  # MaxSim over candidate vectors
+        out[:, start : start + width] = best.view(width, n_queries, r_q).sum(dim=2).T
     return out
 
 
