@@ -1,0 +1,202 @@
+"""Build the public eval sets (issue 3) from the Debian-packaged data, deterministically and atomically.
+
+Layouts: BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) or MMEB (``NAME.jsonl``
+rows ``qry_text, qry_img_path, tgt_text[], tgt_img_path[]``, gold first, paths relative to the file).
+Every set also gets ``info.json`` (task, instructions, counts). Same input files -> byte-identical
+output: sorted keys, fixed PNG settings, no timestamps. Each set is written to ``NAME.tmp`` and
+renamed into place, so a reader never sees half a set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from metaembed.datasets import fmnist, manuals, tuxpaint
+from metaembed.datasets._assets import png_bytes, write_bytes_atomic
+from metaembed.datasets.instructions import (
+    CLASSIFICATION,
+    IMAGE_TO_TEXT,
+    TEXT_TO_IMAGE,
+    TEXT_TO_PAGE,
+    Task,
+    mmeb_query_text,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Tux Paint photos are stored with their longer side capped here (originals reach 2,348 px).
+TUX_MAX_SIDE = 512
+RDOCS_DPI = manuals.DEFAULT_DPI
+RDOCS_QUERIES_PER_PAGE = 3
+
+
+class _Writer:
+    """Collects the files of one eval set under its temporary folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def bytes(self, rel: str, data: bytes) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def jsonl(self, rel: str, rows: Iterable[dict[str, Any]]) -> None:
+        self.bytes(rel, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows).encode())
+
+    def qrels(self, pairs: Iterable[tuple[str, str]]) -> None:
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t1" for q, d in pairs]
+        self.bytes("qrels/test.tsv", ("\n".join(lines) + "\n").encode())
+
+    def info(self, name: str, fmt: str, task: Task, description: str, counts: dict[str, int]) -> None:
+        info = {"name": name, "format": fmt, "description": description, "counts": counts,
+                "query_instruction": task.query, "candidate_instruction": task.candidate}
+        self.bytes("info.json", (json.dumps(info, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode())
+
+
+def _tux_images(writer: _Writer, stamps: list[tuxpaint.Stamp]) -> dict[str, str]:
+    """Write each test photo (on white, <= TUX_MAX_SIDE px) and return rel -> stored path."""
+    paths = {}
+    for stamp in tqdm(stamps, desc="tux images", leave=False):
+        paths[stamp.rel] = f"images/{stamp.rel}"
+        writer.bytes(paths[stamp.rel], png_bytes(tuxpaint.load_image(stamp, max_side=TUX_MAX_SIDE)))
+    return paths
+
+
+def build_tux_t2i(writer: _Writer, limit: int | None) -> dict[str, int]:
+    """Caption -> photo over the Tux Paint test split. Identical captions become one query whose
+    relevant set is every photo with that caption (otherwise the "wrong" twin would count as a miss)."""
+    stamps = tuxpaint.load_split("test")[:limit]
+    paths = _tux_images(writer, stamps)
+    writer.jsonl("corpus.jsonl", ({"_id": s.key, "image": paths[s.rel]} for s in stamps))
+    query_ids: dict[str, str] = {}
+    for stamp in stamps:
+        query_ids.setdefault(stamp.caption, f"q{len(query_ids):04d}")
+    writer.jsonl("queries.jsonl", ({"_id": qid, "text": caption} for caption, qid in query_ids.items()))
+    writer.qrels((query_ids[s.caption], s.key) for s in stamps)
+    counts = {"corpus": len(stamps), "queries": len(query_ids), "qrels": len(stamps)}
+    writer.info("tux-t2i", "beir", TEXT_TO_IMAGE, "Tux Paint test split (odd positions): caption -> photo", counts)
+    return counts
+
+
+def build_tux_i2t(writer: _Writer, limit: int | None) -> dict[str, int]:
+    """Photo -> its caption among all distinct test captions (other photos' identical captions are not
+    candidates, since they could only tie with the gold one)."""
+    stamps = tuxpaint.load_split("test")[:limit]
+    paths = _tux_images(writer, stamps)
+    captions = sorted({s.caption for s in stamps})
+    rows = []
+    for stamp in stamps:
+        targets = [stamp.caption] + [c for c in captions if c != stamp.caption]
+        rows.append({"qry_text": mmeb_query_text(IMAGE_TO_TEXT.query), "qry_img_path": paths[stamp.rel],
+                     "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
+    writer.jsonl("tux-i2t.jsonl", rows)
+    counts = {"queries": len(rows), "candidates_per_query": len(captions)}
+    writer.info("tux-i2t", "mmeb", IMAGE_TO_TEXT, "Tux Paint test split: photo -> its caption", counts)
+    return counts
+
+
+def build_fmnist_cls(writer: _Writer, limit: int | None) -> dict[str, int]:
+    """First 1,000 t10k images -> one of the 10 class names (gold first, the others in class order)."""
+    images, labels = fmnist.load_split("test")
+    rows = []
+    for index in tqdm(range(len(labels))[:limit], desc="fmnist images", leave=False):
+        path = f"images/t10k-{index:05d}.png"
+        writer.bytes(path, png_bytes(fmnist.to_image(images[index])))
+        gold = fmnist.CLASSES[int(labels[index])]
+        targets = [gold] + [c for c in fmnist.CLASSES if c != gold]
+        rows.append({"qry_text": mmeb_query_text(CLASSIFICATION.query), "qry_img_path": path,
+                     "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
+    writer.jsonl("fmnist-cls.jsonl", rows)
+    counts = {"queries": len(rows), "candidates_per_query": len(fmnist.CLASSES)}
+    writer.info("fmnist-cls", "mmeb", CLASSIFICATION, "Fashion-MNIST t10k[:1000]: image -> class name", counts)
+    return counts
+
+
+def build_rdocs(writer: _Writer, limit: int | None) -> dict[str, int]:
+    """Pages of the test manuals (render + text layer) and sentences taken from them (see
+    ``metaembed.datasets.manuals``); ``limit`` keeps the first N pages of each test manual."""
+    pages = []
+    for name in manuals.manual_names("test"):
+        numbers = range(1, min(manuals.page_count(name), limit or 10**9) + 1)
+        for page in tqdm(manuals.iter_pages(name, dpi=RDOCS_DPI, numbers=numbers), total=len(numbers),
+                         desc=f"render {name}", leave=False):
+            path = f"pages/{page.manual}/{page.number:04d}.png"
+            writer.bytes(path, png_bytes(page.image))
+            pages.append({"_id": page.key, "image": path, "text": page.text, "_src": (page.manual, page.number)})
+    sentences = manuals.query_sentences([(*p["_src"], p["text"]) for p in pages], RDOCS_QUERIES_PER_PAGE)
+    queries, qrels = [], []
+    for page in pages:
+        for n, sentence in enumerate(sentences[page["_src"]]):
+            qid = f"{page['_id']}:q{n}"
+            queries.append({"_id": qid, "text": sentence})
+            qrels.append((qid, page["_id"]))
+    writer.jsonl("corpus.jsonl", ({k: v for k, v in p.items() if k != "_src"} for p in pages))
+    writer.jsonl("queries.jsonl", queries)
+    writer.qrels(qrels)
+    counts = {"corpus": len(pages), "queries": len(queries), "qrels": len(qrels)}
+    writer.info("rdocs", "beir", TEXT_TO_PAGE,
+                f"R-FAQ, R-data, R-admin pages at {RDOCS_DPI} dpi + text layer; sentence -> its page", counts)
+    return counts
+
+
+BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
+    "tux-t2i": build_tux_t2i,
+    "tux-i2t": build_tux_i2t,
+    "fmnist-cls": build_fmnist_cls,
+    "rdocs": build_rdocs,
+}
+
+
+def build(out: Path, only: Iterable[str] | None = None, limit: int | None = None) -> dict[str, dict[str, int]]:
+    """Build the named eval sets (default all) under ``out``; returns counts per set.
+
+    Each set goes to ``out/NAME.tmp`` first and replaces ``out/NAME`` only when complete.
+    """
+    names = list(only) if only else list(BUILDERS)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise ValueError(f"unknown eval set(s) {unknown}; known: {', '.join(BUILDERS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in names:
+        final, tmp = out / name, out / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            results[name] = BUILDERS[name](_Writer(tmp), limit)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = out / f"{name}.old"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)  # two renames: the previous set disappears only once the new one is complete
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("built %s: %s", final, results[name])
+    write_bytes_atomic(out / "counts.json", (json.dumps(_merged_counts(out, results), sort_keys=True, indent=1)
+                                            + "\n").encode())
+    return results
+
+
+def _merged_counts(out: Path, fresh: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Counts of every set present under ``out`` (a ``--only`` build keeps the others' entries)."""
+    merged = {}
+    for name in BUILDERS:
+        info = out / name / "info.json"
+        if name in fresh:
+            merged[name] = fresh[name]
+        elif info.is_file():
+            merged[name] = json.loads(info.read_text(encoding="utf-8"))["counts"]
+    return merged

@@ -1,0 +1,100 @@
+"""The fixed splits of ../shared/docs/offline-assets.md, recomputed independently, and train/test disjointness."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
+from metaembed.datasets.training import SOURCES
+
+
+def test_tux_split_is_even_odd_of_sorted_paths():
+    # Independent recomputation with os.walk instead of the module's rglob.
+    root = str(tuxpaint.ROOT)
+    eligible = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if name.endswith(".png") and os.path.isfile(full[:-4] + ".txt") and "/alphabets/" not in "/" + rel:
+                eligible.append(rel)
+    eligible.sort()
+    train, test = tuxpaint.load_split("train"), tuxpaint.load_split("test")
+    assert [s.rel for s in train] == eligible[0::2]
+    assert [s.rel for s in test] == eligible[1::2]
+    assert len(train) + len(test) == len(eligible) > 600
+    with open(os.path.join(root, test[0].rel[:-4] + ".txt"), encoding="utf-8") as handle:
+        assert test[0].caption == handle.readline().strip()
+    assert not any("alphabets" in s.rel.split("/") for s in train + test)
+
+
+def test_tux_image_is_rgb_on_white():
+    stamp = tuxpaint.load_split("test")[0]
+    image = tuxpaint.load_image(stamp)
+    assert image.mode == "RGB"
+    # Cut-out photos: the corner is transparent in the file, so it must come out white.
+    assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_fmnist_test_is_first_thousand_of_t10k():
+    images, labels = fmnist.load_split("test")
+    with gzip.open(fmnist.ROOT / "t10k-images-idx3-ubyte.gz") as handle:
+        raw = np.frombuffer(handle.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(fmnist.ROOT / "t10k-labels-idx1-ubyte.gz") as handle:
+        raw_labels = np.frombuffer(handle.read(), dtype=np.uint8, offset=8)
+    assert images.shape == (1000, 28, 28) and len(raw) == 10000
+    np.testing.assert_array_equal(images, raw[:1000])
+    np.testing.assert_array_equal(labels, raw_labels[:1000])
+    assert len(fmnist.CLASSES) == 10 and set(labels.tolist()) == set(range(10))
+
+
+def test_manual_splits_partition_the_listed_pdfs():
+    train, test = manuals.manual_names("train"), manuals.manual_names("test")
+    assert sorted(test) == ["R-FAQ.pdf", "R-admin.pdf", "R-data.pdf"]
+    assert not set(train) & set(test) and set(train) | set(test) == set(manuals.MANUALS)
+    assert sum(manuals.page_count(name) for name in test) == 178
+
+
+def test_tux_training_sources_never_contain_test_stamps():
+    test_keys = {s.key for s in tuxpaint.load_split("test")}
+    for name in ("tux_t2i", "tux_i2t"):
+        examples = SOURCES[name]({})
+        assert len(examples) == len(tuxpaint.load_split("train"))
+        keys = {item.key for e in examples for item in (e.query, e.positive, e.negative) if item and item.key}
+        assert keys and not keys & test_keys
+
+
+def test_fmnist_and_manuals_sources_use_train_data_only():
+    fm = SOURCES["fmnist_cls"]({"per_class": 5})
+    assert len(fm) == 50 and all(e.query.key.startswith("fmnist:train:") for e in fm)
+    assert all(e.negative.text != e.positive.text for e in fm)
+    pages = SOURCES["manuals_pages"]({"max_pages": 4, "dpi": 20})
+    used = {item.key.split(":")[1] for e in pages for item in (e.positive, e.negative) if item}
+    assert pages and used <= set(manuals.manual_names("train"))
+    for e in pages:  # the query sentence is taken from the text layer of its positive page
+        assert e.query.text in " ".join(e.positive.text.split())
+        assert e.negative is None or e.negative.key.split(":")[1] == e.positive.key.split(":")[1] != e.negative.key
+
+
+def test_openclipart_sources_are_bounded_and_use_same_category_negatives():
+    examples = SOURCES["openclipart_t2i"]({"limit": 40, "max_side": 64})
+    assert len(examples) == 40
+    again = SOURCES["openclipart_t2i"]({"limit": 40, "max_side": 64})
+    assert [e.positive.key for e in examples] == [e.positive.key for e in again]  # deterministic subset
+    def folder(key: str) -> str:
+        return key.split(":", 1)[1].rsplit("/", 1)[0]
+
+    by_folder: dict[str, set[str]] = {}
+    for e in examples:
+        by_folder.setdefault(folder(e.positive.key), set()).add(e.query.text)
+    for e in examples:
+        assert max(e.positive.image.size) <= 64
+        assert folder(e.positive.key).split("/")[0] not in openclipart.DROPPED_CATEGORIES
+        if by_folder[folder(e.positive.key)] - {e.query.text}:  # a same-folder negative exists, so it is used
+            assert folder(e.negative.key) == folder(e.positive.key)
+    with pytest.raises(ValueError, match="unknown option"):
+        SOURCES["openclipart_i2t"]({"limt": 3})
