@@ -1,0 +1,70 @@
+"""``python -m metaembed.baselines {bm25,minilm,lit} --data PATH``: baseline rows for the README table."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from metaembed.budget import Budget
+from metaembed.eval.harness import evaluate
+from metaembed.eval.loaders import FORMATS, BeirSet, EvalDataError, load_eval_set
+from metaembed.eval.report import format_table, write_json
+
+logger = logging.getLogger("metaembed.baselines")
+
+SINGLE = (Budget(1, 1),)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m metaembed.baselines", description=__doc__)
+    parser.add_argument("baseline", choices=("bm25", "minilm", "lit"))
+    parser.add_argument("--data", required=True, help="BEIR folder or MMEB .jsonl file")
+    parser.add_argument("--format", choices=FORMATS, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="first N queries only")
+    parser.add_argument("--json", default=None, metavar="OUT")
+    parser.add_argument("--cache", default=os.environ.get("METAEMBED_CACHE", "data/cache"),
+                        help="LiT: where cached features and trained heads live (default: data/cache)")
+    parser.add_argument("--config", default=None, help="LiT: training settings (default configs/baselines/lit.yaml)")
+    parser.add_argument("--retrain", action="store_true", help="LiT: train the heads even if cached")
+    return parser
+
+
+def run(args: argparse.Namespace):
+    data = load_eval_set(args.data, args.format, args.limit)
+    if args.baseline == "bm25":
+        if not isinstance(data, BeirSet):
+            raise EvalDataError(f"{args.data}: BM25 applies to BEIR text corpora only")
+        from metaembed.baselines.bm25 import evaluate_bm25
+
+        return evaluate_bm25(data)
+    if args.baseline == "minilm":
+        from metaembed.baselines.single_vector import MiniLMEncoder
+
+        encoder = MiniLMEncoder()
+    else:
+        from metaembed.baselines.lit import load_or_train_lit
+
+        encoder = load_or_train_lit(args.cache, args.config, retrain=args.retrain)
+    return evaluate(encoder, data, budgets=SINGLE, label="single-vector", batch_size=32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        report = run(args)
+    except (EvalDataError, ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    print(format_table(report))
+    if args.json:
+        write_json(report, args.json)
+        logger.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
