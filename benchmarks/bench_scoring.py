@@ -79,8 +79,8 @@ def run(quick: bool) -> dict:
             query = torch.nn.functional.normalize(torch.randn(16, dim, generator=gen), dim=-1)
             for budget in TRAINED_GROUPS:
                 slab_bytes = n * budget.r_c * dim * elem
-                ours = best_time(lambda b=budget: maxsim(query, token_major, b), repeats)
-                theirs = best_time(lambda b=budget: einsum_pattern(query, cand_major, b), 1 if not quick else 1)
+                ours = best_time(lambda b=budget, q=query, t=token_major: maxsim(q, t, b), repeats)
+                theirs = best_time(lambda b=budget, q=query, c=cand_major: einsum_pattern(q, c, b), 1)
                 row = {
                     "dim": dim, "dtype": str(dtype).removeprefix("torch."), "n": n, "r_q": budget.r_q,
                     "r_c": budget.r_c, "ms": ours * 1e3, "candidates_per_s": n / ours,
@@ -100,7 +100,6 @@ def run(quick: bool) -> dict:
                     row["candidates_per_s"], row["gb_per_s"], row["roofline_fraction"], row["speedup_vs_einsum"],
                     f" maxsim-cpu x{row['speedup_vs_maxsim_cpu']:.2f}" if "speedup_vs_maxsim_cpu" in row else "",
                 )
-            del cand_major, token_major
     summary = {"dram_gb_per_s": bandwidth / 1e9, "quick": quick, "threads": torch.get_num_threads()}
     for key in ("roofline_fraction", "speedup_vs_einsum"):
         summary[key] = {

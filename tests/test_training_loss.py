@@ -52,6 +52,18 @@ def test_loss_matches_loop_reference(mode, m):
     assert float(out.total) == pytest.approx(total, rel=1e-5)
 
 
+def test_normalized_scores_equal_a_per_group_temperature():
+    """normalize_scores divides each group's MaxSim by r_q, i.e. temperature tau * r_q for that group."""
+    q, pos, neg = _batch(m=2)
+    tau = 0.03
+    out = MMRLoss(tau=tau, normalize_scores=True)(q, pos, neg)
+    cands = torch.cat([pos, neg])
+    for g in TRAINED_GROUPS:
+        ref = reference_infonce(q, cands, g.r_q, g.r_c, tau * g.r_q)
+        assert out.per_group[f"{g.r_q}x{g.r_c}"] == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert float(out.total) != pytest.approx(float(MMRLoss(tau=tau)(q, pos, neg).total), rel=1e-3)
+
+
 def test_weights_and_hard_negatives_change_the_loss():
     q, pos, neg = _batch(m=3)
     plain = MMRLoss(tau=0.03)(q, pos, None)

@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     tau: float = 0.03
     learnable_tau: bool = False
+    normalize_scores: bool = False
     mode: str = "mmr"
     groups: list[Budget] = field(default_factory=lambda: list(TRAINED_GROUPS))
     group_weights: list[float] | None = None
@@ -210,6 +211,7 @@ def config_from_dict(raw: Any, where: str = "<config>") -> TrainConfig:
         seed=top.get("seed", int, 0),
         tau=top.get("tau", float, 0.03, _positive, "must be > 0"),
         learnable_tau=top.get("learnable_tau", bool, False),
+        normalize_scores=top.get("normalize_scores", bool, False),
         mode=mode,
         groups=_budgets(top, "groups", list(TRAINED_GROUPS)),
         group_weights=top.get("group_weights", list, None),

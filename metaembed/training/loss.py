@@ -61,9 +61,13 @@ class MMRLoss(nn.Module):
         weights: Sequence[float] | None = None,
         mode: str = "mmr",
         learnable_tau: bool = False,
+        normalize_scores: bool = False,
     ) -> None:
         super().__init__()
         self.mode = mode
+        # Divide each group's MaxSim by its r_q (a per-group temperature tau * r_q): with the paper's
+        # plain sum, the (16,64) logits are 16x sharper than (1,1)'s, which small CPU runs cannot train.
+        self.normalize_scores = bool(normalize_scores)
         self.groups = groups_for_mode(groups, mode)
         if weights is None:
             weights = [1.0] * len(self.groups)
@@ -102,6 +106,8 @@ class MMRLoss(nn.Module):
         per_group: dict[str, float] = {}
         for weight, group in zip(self.weights, self.groups, strict=True):
             scores = sim[:, :, : group.r_q, : group.r_c].amax(dim=-1).sum(dim=-1)
+            if self.normalize_scores:
+                scores = scores / group.r_q
             loss = F.cross_entropy(scores * inv_tau, target)
             per_group[group_key(group)] = float(loss.detach())
             total = total + weight * loss

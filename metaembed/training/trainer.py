@@ -67,7 +67,8 @@ class Trainer:
         self.cfg = cfg
         self.device = pick_device(device)
         self.model = build_model(cfg, self.device, encoder_cls)
-        self.loss_fn = MMRLoss(cfg.groups, cfg.tau, cfg.group_weights, cfg.mode, cfg.learnable_tau).to(self.device)
+        self.loss_fn = MMRLoss(cfg.groups, cfg.tau, cfg.group_weights, cfg.mode, cfg.learnable_tau,
+                               cfg.normalize_scores).to(self.device)
         self.params: dict[str, torch.nn.Parameter] = {
             n: p for n, p in self.model.named_parameters() if p.requires_grad
         } | {f"loss.{n}": p for n, p in self.loss_fn.named_parameters()}

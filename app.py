@@ -1,0 +1,295 @@
+"""MetaEmbed Explorer: a thin Gradio UI over :mod:`metaembed.explorer` (all logic lives there).
+
+Run ``python app.py [--host H] [--port P]`` (``GRADIO_SERVER_PORT`` / ``GRADIO_SERVER_NAME`` are honoured).
+Model, gallery, eval set and upload caps come from ``METAEMBED_*`` environment variables (README).
+Every event has an ``api_name`` so ``gradio_client`` can drive the app; per-visitor state is kept
+server-side, keyed by Gradio's session hash, so visitors never see each other's uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from metaembed.budget import TRAINED_GROUPS
+from metaembed.explorer import scale
+from metaembed.explorer.config import ExplorerConfig
+from metaembed.explorer.errors import ExplorerError
+from metaembed.explorer.search import MAX_K
+from metaembed.explorer.service import DEMO, OWN, Explorer
+
+logger = logging.getLogger("metaembed.app")
+
+PRESETS = [f"({b.r_q},{b.r_c})" for b in TRAINED_GROUPS]
+INTRO = """# MetaEmbed Explorer
+Slide the **(r_q, r_c)** budget — how many query / candidate Meta-Token vectors MaxSim uses — and watch
+quality, latency, bytes read and token matches change live. The query is encoded once; re-ranking at a
+new budget reuses its cached vectors."""
+
+
+def friendly_image_decode(component: gr.Image) -> gr.Image:
+    """Make a failed decode of an uploaded image a friendly message instead of a generic server error.
+
+    Done on the instance: subclassing gr.Image would make Gradio write an ``app.pyi`` stub next to this file.
+    """
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            raise gr.Error(f"the query image cannot be decoded ({type(err).__name__}); upload a PNG, JPEG, "
+                           "GIF, BMP, TIFF or WebP image") from None
+
+    component.preprocess = preprocess
+    return component
+
+
+def named_bounds(slider: gr.Slider, name: str) -> gr.Slider:
+    """An out-of-range value sent through the API names the parameter and its bounds."""
+    original = slider.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except gr.Error:
+            raise gr.Error(f"budget out of range: {name} must be in {slider.minimum:g}..{slider.maximum:g}, "
+                           f"got {payload}") from None
+
+    slider.preprocess = preprocess
+    return slider
+
+
+@contextlib.contextmanager
+def friendly() -> Iterator[None]:
+    """Library errors become gr.Error toasts (the message is meant for the visitor); the server stays up."""
+    try:
+        yield
+    except ExplorerError as err:
+        raise gr.Error(str(err)) from None
+
+
+def _sid(request: gr.Request | None) -> str:
+    if request is None or not request.session_hash:
+        raise gr.Error("no session: reload the page")
+    return request.session_hash
+
+
+def build_app(explorer: Explorer) -> gr.Blocks:
+    """Lay out the five tabs and wire each action to one library call (each with an ``api_name``)."""
+    caps = explorer.config.caps
+
+    def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, request: gr.Request):
+        with friendly():
+            view = explorer.search(_sid(request), text, image, instruction, r_q, r_c, k, mode == "two-stage",
+                                   k_prime)
+        return view.entries, view.figures_md, view.diff_md, view.results, view.outcome.figures
+
+    def do_preset(preset, text, image, instruction, k, mode, k_prime, request: gr.Request):
+        # Gradio has already checked that ``preset`` is one of PRESETS (the Radio's choices).
+        r_q, r_c = (int(v) for v in preset.strip("()").split(","))
+        return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, request))
+
+    def do_tokens(rank, query_token, request: gr.Request):
+        with friendly():
+            fig, overlay, note, data = explorer.token_matches(_sid(request), rank, query_token)
+        return fig, overlay, note, data
+
+    def do_select(query_token, evt: gr.SelectData, request: gr.Request):
+        rank = int(evt.index) + 1
+        return (rank, *do_tokens(rank, query_token, request), gr.Tabs(selected="tokens"))
+
+    def do_upload(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio's injection idiom)
+        with friendly():
+            report = explorer.upload(_sid(request), files, lambda f, d: progress(f, desc=d))
+            status = explorer.gallery_status(_sid(request))
+        return report, report["summary"], status, OWN if status.get("gallery") == OWN else DEMO
+
+    def do_use_gallery(choice, request: gr.Request):
+        with friendly():
+            return explorer.use_gallery(_sid(request), choice)
+
+    def do_status(request: gr.Request):
+        return explorer.gallery_status(_sid(request))
+
+    def do_model(name, request: gr.Request):
+        with friendly():
+            return explorer.select_model(_sid(request), name)
+
+    def do_sweep(source, file, budgets, cost, two_stage, k_prime, request: gr.Request):
+        with friendly():
+            fig, header, rows, summary = explorer.sweep(_sid(request), source, file, budgets,
+                                                        "latency" if cost == "scoring latency" else "bytes_read",
+                                                        two_stage, k_prime)
+        return fig, pd.DataFrame(rows, columns=header), summary
+
+    def do_scale(model, dtype, n, r_q, r_c, device, device_gib):
+        with friendly():
+            rows, verdict = explorer.scale(model, dtype, n, r_q, r_c, device, device_gib)
+        return rows, verdict
+
+    def on_unload(request: gr.Request):
+        explorer.close_session(request.session_hash)
+
+    # Result thumbnails are copied to Gradio's cache on every search: purge files older than an hour.
+    with gr.Blocks(title="MetaEmbed Explorer", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Search", id="search"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch",
+                                          elem_id="query")
+                        image = friendly_image_decode(gr.Image(label="Image query (optional)", type="filepath",
+                                                               height=180, sources=["upload", "clipboard"]))
+                        instruction = gr.Textbox(label="Instruction (optional)",
+                                                 info="empty = the gallery task's trained instruction; 'none' = none",
+                                                 placeholder="e.g. Find me an everyday image that matches the given "
+                                                             "caption.")
+                        r_q = named_bounds(gr.Slider(1, 16, value=8, step=1, label="r_q — query vectors",
+                                                     elem_id="r_q"), "r_q")
+                        r_c = named_bounds(gr.Slider(1, 64, value=16, step=1, label="r_c — candidate vectors",
+                                                     elem_id="r_c"), "r_c")
+                        preset = gr.Radio(PRESETS, label="Trained groups (one click)", value=None)
+                        k = gr.Slider(1, MAX_K, value=10, step=1, label="top-k")
+                        with gr.Row():
+                            mode = gr.Radio(["exhaustive", "two-stage"], value="exhaustive", label="Scoring",
+                                            info="two-stage: FAISS on token 0, then MaxSim on the top k′")
+                            k_prime = gr.Slider(1, 1000, value=100, step=1, label="k′ (first-stage shortlist)")
+                        search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+                    with gr.Column(scale=3):
+                        results = gr.Gallery(label="Results (click one for its token matches)", columns=4, height=420,
+                                             object_fit="contain", elem_id="results")
+                        with gr.Row():
+                            figures_md = gr.Markdown(label="live figures", elem_id="figures")
+                            diff_md = gr.Markdown(label="ranking change", elem_id="diff")
+                        with gr.Accordion("Raw results and figures (what the API returns)", open=False):
+                            results_json = gr.JSON(label="results")
+                            figures_json = gr.JSON(label="figures")
+            with gr.Tab("Token matches", id="tokens", elem_id="tokens-tab"):
+                gr.Markdown("Which candidate Meta Token each query Meta Token matches (circled) and its share of the "
+                            "MaxSim score, for a result of the last search; image candidates also show where the "
+                            "matched tokens attend.")
+                with gr.Row():
+                    rank = gr.Number(value=1, precision=0, label="result rank", minimum=1)
+                    query_token = gr.Number(value=0, precision=0, minimum=0, label="overlay: query token (0 = all)")
+                    tokens_btn = gr.Button("Show token matches", elem_id="tokens-btn")
+                with gr.Row():
+                    heatmap = gr.Plot(label="similarity heatmap", elem_id="heatmap")
+                    with gr.Column():
+                        overlay = gr.Image(label="attention overlay", type="pil", interactive=False)
+                        overlay_note = gr.Markdown(label="overlay note")
+                tokens_json = gr.JSON(label="token matches (data)", visible=False)
+            with gr.Tab("Gallery", id="gallery"):
+                gr.Markdown(f"**Your own gallery** — {caps.describe()} Images (PNG, JPEG, GIF, BMP, TIFF, WebP) "
+                            "and PDFs (one item per page). Adding files extends your gallery.")
+                files = gr.File(file_count="multiple", label="Images and PDFs", file_types=["image", ".pdf"])
+                build_btn = gr.Button("Build / extend my gallery", variant="primary")
+                build_summary = gr.Markdown(label="upload summary")
+                with gr.Row():
+                    which = gr.Radio([DEMO, OWN], value=DEMO, label="Search which gallery")
+                    refresh_btn = gr.Button("Refresh status")
+                with gr.Row():
+                    build_report = gr.JSON(label="last upload report (skipped files with reasons)")
+                    status = gr.JSON(label="gallery in use")
+            with gr.Tab("Trade-off", id="tradeoff"):
+                gr.Markdown("Sweep budgets on an eval set: the bundled one, a BEIR-layout **zip** (corpus.jsonl, "
+                            "queries.jsonl, qrels/test.tsv), or a **CSV/JSONL** of `query,relevant_item` for the "
+                            "current gallery (relevant_item = item id, file name, or `file.pdf#page`).")
+                with gr.Row():
+                    source = gr.Radio(["bundled", "upload"], value="bundled", label="eval set")
+                    eval_file = gr.File(label="your eval file", file_types=[".zip", ".csv", ".jsonl", ".json"])
+                with gr.Row():
+                    budgets = gr.Textbox(value="1x1,2x4,4x8,8x16,16x64,16x16,4x64",
+                                         label="budgets (RQxRC, comma-separated)")
+                    cost = gr.Radio(["bytes read", "scoring latency"], value="bytes read", label="Pareto cost")
+                    sweep_two_stage = gr.Checkbox(label="two-stage", value=False)
+                    sweep_k_prime = gr.Number(value=100, precision=0, minimum=1, label="k′")
+                sweep_btn = gr.Button("Run sweep", variant="primary")
+                sweep_plot = gr.Plot(label="quality vs latency vs bytes")
+                sweep_summary = gr.Markdown(label="sweep summary")
+                sweep_table = gr.Dataframe(label="sweep (★ = Pareto-optimal)", interactive=False,
+                                           headers=["budget", "metrics…", "scoring ms/query", "bytes read/query",
+                                                    "Pareto"])
+                gr.Markdown("### Scale calculator\nIndex memory `N·r_c·D·bytes` and scoring FLOPs `2·r_q·r_c·D·N` per "
+                            "query. Qwen2.5-VL 7B, bf16, N=100,000 gives the paper's rows.")
+                with gr.Row():
+                    calc_model = gr.Dropdown(list(scale.MODEL_DIMS), value="Qwen2.5-VL 7B", label="model (D)")
+                    calc_dtype = gr.Radio(list(scale.DTYPES), value="bf16", label="dtype")
+                    calc_n = gr.Number(value=100_000, precision=0, minimum=1, label="N candidates")
+                    calc_rq = gr.Number(value=8, precision=0, minimum=1, label="r_q")
+                    calc_rc = gr.Number(value=16, precision=0, minimum=1, label="r_c")
+                with gr.Row():
+                    calc_device = gr.Dropdown(list(scale.DEVICES_GIB), value="A100 / H100 (80 GiB)", label="device")
+                    calc_gib = gr.Number(value=0, minimum=0, label="or memory in GiB (0 = the device's)")
+                    calc_btn = gr.Button("Calculate")
+                calc_table = gr.Dataframe(headers=["budget", "GFLOPs / query", "index GiB", "fits"], interactive=False)
+                calc_verdict = gr.Markdown(label="verdict")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown("`mini` = the bundled MetaEmbed-Mini; or the path of a MetaEmbed checkpoint directory "
+                            "on this machine (config.json + .safetensors). A gallery only answers the model that "
+                            "built it.")
+                model_name = gr.Textbox(value=explorer.config.model, label="model")
+                model_btn = gr.Button("Load model")
+                model_status = gr.Markdown(label="model status")
+
+        search_inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime]
+        search_outputs = [results, figures_md, diff_md, results_json, figures_json]
+        # Sliders re-rank on release (not on every drag step); the cached query vectors are reused.
+        gr.on([search_btn.click, text.submit, image.upload, r_q.release, r_c.release, k.release, k_prime.release,
+               mode.input],
+              do_search, search_inputs, search_outputs, api_name="search", trigger_mode="always_last")
+        preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime], [r_q, r_c, *search_outputs],
+                     api_name="preset_search", trigger_mode="always_last")
+        token_outputs = [heatmap, overlay, overlay_note, tokens_json]
+        tokens_btn.click(do_tokens, [rank, query_token], token_outputs, api_name="token_matches")
+        results.select(do_select, [query_token], [rank, *token_outputs, tabs], api_name="select_result")
+        build_btn.click(do_upload, [files], [build_report, build_summary, status, which], api_name="upload")
+        which.input(do_use_gallery, [which], [status], api_name="use_gallery")
+        refresh_btn.click(do_status, None, [status], api_name="gallery_status")
+        model_btn.click(do_model, [model_name], [model_status], api_name="select_model")
+        sweep_btn.click(do_sweep, [source, eval_file, budgets, cost, sweep_two_stage, sweep_k_prime],
+                        [sweep_plot, sweep_table, sweep_summary], api_name="sweep")
+        calc_btn.click(do_scale, [calc_model, calc_dtype, calc_n, calc_rq, calc_rc, calc_device, calc_gib],
+                       [calc_table, calc_verdict], api_name="scale")
+        demo.load(do_status, None, [status], api_name="session_start")
+        demo.unload(on_unload)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=None, help="bind address (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--model", default=None, help="model name or checkpoint dir (overrides METAEMBED_MODEL)")
+    parser.add_argument("--gallery", default=None, help="demo gallery dir (overrides METAEMBED_GALLERY)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("METAEMBED_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model:
+        os.environ["METAEMBED_MODEL"] = args.model
+    if args.gallery:
+        os.environ["METAEMBED_GALLERY"] = args.gallery
+    explorer = Explorer(ExplorerConfig.from_env())
+    demo = build_app(explorer)
+    demo.queue(default_concurrency_limit=2)
+    # Result thumbnails are served from the gallery folders (session folders have unguessable names).
+    served = [str(p) for p in (explorer.config.gallery, explorer.config.session_root) if p is not None]
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=explorer.config.caps.max_bytes,
+                footer_links=["api", "gradio"], allowed_paths=served, prevent_thread_lock=True)
+    # Load the model and demo gallery once the server answers, so startup stays within seconds.
+    threading.Thread(target=explorer.warm_up, name="warm-up", daemon=True).start()
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Encoding speed of a MetaEmbed encoder on this machine: the issue's four targets for MetaEmbed-Mini.
+
+Measures batched images/s (candidate side, like indexing a gallery), batched text queries/s, and p50
+latency of ONE text query and ONE image query (the app's search path). Real inputs: Tux Paint stamps
+and their captions from the Debian package. The last printed line is one JSON object.
+
+    python benchmarks/bench_encode.py [--model mini] [--threads 2] [--images 64] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout
+TUX = Path("/usr/share/tuxpaint/stamps")
+TARGETS = {"images_per_s": 20.0, "text_queries_per_s": 200.0, "text_query_p50_ms": 20.0, "image_query_p50_ms": 80.0}
+
+
+def tux_inputs(n: int) -> tuple[list[Image.Image], list[str]]:
+    """First ``n`` captioned Tux Paint stamps (composited on white) and their captions."""
+    from metaembed.datasets import tuxpaint
+
+    stamps = tuxpaint.load_split("train")[:n]
+    if not stamps:
+        raise SystemExit(f"no Tux Paint stamps under {TUX}: apt-get install tuxpaint-stamps-default")
+    return [tuxpaint.load_image(s, max_side=256) for s in stamps], [s.caption for s in stamps]
+
+
+def rate(fn, n_items: int, repeats: int = 2) -> float:
+    """Best-of-``repeats`` items per second (the best run is the least disturbed by other processes)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return n_items / best
+
+
+def p50_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="'mini' (default, bundled) or a checkpoint directory")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=64, help="images (and captions) in the batched runs")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=15, help="single-query latency samples")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    from metaembed.models import Item, load_encoder
+
+    encoder = load_encoder(args.model, device="cpu")
+    images, captions = tux_inputs(args.images)
+    from metaembed.datasets.instructions import IMAGE_TO_TEXT, TEXT_TO_IMAGE
+
+    image_items = [Item(image=img, instruction=TEXT_TO_IMAGE.candidate) for img in images]
+    query_items = [Item(text=c, instruction=TEXT_TO_IMAGE.query) for c in captions]
+    image_query = [Item(image=images[0], instruction=IMAGE_TO_TEXT.query)]
+    text_query = [query_items[0]]
+    bs = args.batch_size
+    encoder.encode_candidates(image_items[:bs], batch_size=bs)  # warm-up (oneDNN kernels, LoRA merge)
+    encoder.encode_queries(query_items[:bs], batch_size=bs)
+    result = {
+        "model": encoder.name,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "images_per_s": rate(lambda: encoder.encode_candidates(image_items, batch_size=bs), len(image_items)),
+        "text_queries_per_s": rate(lambda: encoder.encode_queries(query_items, batch_size=bs), len(query_items)),
+        "text_query_p50_ms": p50_ms(lambda: encoder.encode_queries(text_query, batch_size=1), args.repeats),
+        "image_query_p50_ms": p50_ms(lambda: encoder.encode_queries(image_query, batch_size=1), args.repeats),
+        "load_avg_1min": os.getloadavg()[0],
+    }
+    result["meets_targets"] = {
+        k: (result[k] >= v if k.endswith("_per_s") else result[k] <= v) for k, v in TARGETS.items()}
+    for key in TARGETS:
+        print(f"{key:>20}: {result[key]:8.1f}   (target {'>=' if key.endswith('_per_s') else '<='} {TARGETS[key]:g})")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""One search with its live figures: encode the query once (cached per session), score at the chosen
+budget, and explain the cost (ms per stage, bytes, FLOPs) and how the ranking moved."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from metaembed.budget import Budget, BudgetError
+from metaembed.costs import scoring_flops
+from metaembed.explorer.errors import ExplorerError
+from metaembed.explorer.gallery import item_caption
+from metaembed.explorer.models import fingerprint
+from metaembed.explorer.session import Ranking, Session, query_key
+from metaembed.models import Item, MetaEmbedEncoder
+
+MAX_K = 50
+MAX_K_PRIME = 10_000
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a visitor searches with: text, an image, or both, plus an optional instruction."""
+
+    text: str | None = None
+    image: Image.Image | None = None
+    instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image is None and not (self.text and self.text.strip()):
+            raise ExplorerError("empty query: type some text or give an image")
+
+    def key(self) -> str:
+        return query_key(self.text and self.text.strip(), self.image, self.instruction and self.instruction.strip())
+
+    def item(self) -> Item:
+        text = self.text.strip() if self.text and self.text.strip() else None
+        instruction = self.instruction.strip() if self.instruction and self.instruction.strip() else None
+        return Item(text=text, image=self.image, instruction=instruction)
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    id: str
+    score: float
+    caption: str
+
+
+@dataclass
+class SearchOutcome:
+    hits: list[Hit]
+    figures: dict[str, Any]
+    moved_in: list[str] = field(default_factory=list)
+    moved_out: list[str] = field(default_factory=list)
+    rank_changes: dict[str, int] = field(default_factory=dict)  # id -> old rank - new rank (positive = up)
+    compared_to: str | None = None  # budget of the previous ranking of the same query
+
+
+def check_budget(r_q: Any, r_c: Any, encoder: MetaEmbedEncoder, index: Any) -> Budget:
+    """A budget within what both the model (R_q) and the index (R_c) hold, or a message naming the bound."""
+    try:
+        r_q_i, r_c_i = int(r_q), int(r_c)
+        if r_q_i != r_q or r_c_i != r_c:
+            raise BudgetError(f"budget must be whole numbers, got r_q={r_q}, r_c={r_c}")
+        return Budget(r_q_i, r_c_i).validate(encoder.num_query_tokens, index.num_vectors)
+    except (BudgetError, TypeError, ValueError) as err:
+        raise ExplorerError(f"budget out of range: {err}") from err
+
+
+def check_k(k: Any, n: int, name: str = "k", upper: int = MAX_K) -> int:
+    """A whole number in 1..upper, clamped to the gallery size ``n``."""
+    try:
+        value = int(k)
+    except (TypeError, ValueError) as err:
+        raise ExplorerError(f"{name} must be a whole number, got {k!r}") from err
+    if value != k or not 1 <= value <= upper:
+        raise ExplorerError(f"{name} must be a whole number in 1..{upper}, got {k}")
+    return min(value, n)
+
+
+def encode_query(session: Session, encoder: MetaEmbedEncoder, query: Query) -> tuple[Any, float, bool]:
+    """Query vectors ``(R_q, D)`` from the session cache, else encode (and count it). Returns (vectors, ms, hit)."""
+    key = query.key()
+    fp = fingerprint(encoder)
+    cached = session.cached_query(fp, key)
+    if cached is not None:
+        return cached, 0.0, True
+    start = time.perf_counter()
+    vectors = encoder.encode_queries([query.item()])[0]
+    ms = (time.perf_counter() - start) * 1000
+    session.encode_count += 1
+    session.store_query(fp, key, vectors, query.image)
+    return vectors, ms, False
+
+
+def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Any, query: Query, r_q: Any, r_c: Any,
+               k: Any = 10, two_stage: bool = False, k_prime: Any = 100) -> SearchOutcome:
+    """Search ``gallery`` and report figures; re-uses cached query vectors when only budget/k change."""
+    index = gallery.index
+    n = len(index)
+    if n == 0:
+        raise ExplorerError("the gallery is empty: add images or PDFs in the Gallery tab")
+    budget = check_budget(r_q, r_c, encoder, index)
+    k_eff = check_k(k, n)
+    first_stage = check_k(k_prime, n, "k′", MAX_K_PRIME) if two_stage else None
+    if first_stage is not None and first_stage < k_eff:
+        raise ExplorerError(f"k′ ({first_stage}) must be at least k ({k_eff}): the first stage keeps k′ candidates")
+    start = time.perf_counter()
+    vectors, encode_ms, cache_hit = encode_query(session, encoder, query)
+    search_start = time.perf_counter()
+    result = index.search(vectors, budget, k=k_eff, first_stage=first_stage)
+    search_ms = (time.perf_counter() - search_start) * 1000
+    total_ms = (time.perf_counter() - start) * 1000
+    hits = [Hit(rank=i + 1, id=str(item_id), score=float(score), caption=item_caption(gallery, str(item_id)))
+            for i, (item_id, score) in enumerate(zip(result.ids, result.scores, strict=True))]
+    two_stage_used = first_stage is not None and result.candidates_scored < n
+    flops = scoring_flops(budget, result.candidates_scored or n, encoder.dim)
+    if two_stage_used:
+        flops += scoring_flops(Budget(1, 1), n, encoder.dim)  # FAISS on token 0 (flat inner product)
+    figures = {
+        "budget": str(budget),
+        "mode": "two-stage" if two_stage_used else "exhaustive",
+        "k": k_eff,
+        "k_prime": first_stage if two_stage_used else None,
+        "candidates_scored": int(result.candidates_scored or n),
+        "candidates": n,
+        "query_encode_ms": round(encode_ms, 3),
+        "query_cached": cache_hit,
+        "query_encodes": session.encode_count,
+        "first_stage_ms": round(float(result.first_stage_ms), 3),
+        "maxsim_ms": round(float(result.maxsim_ms), 3),
+        "search_ms": round(search_ms, 3),
+        "total_ms": round(total_ms, 3),
+        "bytes_stored": int(index.stored_bytes),
+        "bytes_read": int(result.bytes_read) + int(result.first_stage_bytes),
+        "scoring_flops": int(flops),
+        "model": encoder.name,
+        "instruction": query.item().instruction,
+    }
+    outcome = SearchOutcome(hits=hits, figures=figures)
+    _diff(session, query.key(), budget, outcome)
+    session.last = {"query_key": query.key(), "budget": budget, "ids": [h.id for h in hits],
+                    "model_fp": fingerprint(encoder)}
+    return outcome
+
+
+def _diff(session: Session, key: str, budget: Budget, outcome: SearchOutcome) -> None:
+    """Compare with the previous ranking of the same query, then remember this one."""
+    ids = [h.id for h in outcome.hits]
+    prev = session.previous
+    if prev is not None and prev.query_key == key:
+        old_rank = {item_id: i for i, item_id in enumerate(prev.ids)}
+        outcome.compared_to = str(prev.budget)
+        outcome.moved_in = [i for i in ids if i not in old_rank]
+        outcome.moved_out = [i for i in prev.ids if i not in set(ids)]
+        outcome.rank_changes = {i: old_rank[i] - r for r, i in enumerate(ids) if i in old_rank}
+    outcome.figures["moved_in"] = len(outcome.moved_in)
+    outcome.figures["moved_out"] = len(outcome.moved_out)
+    outcome.figures["compared_to"] = outcome.compared_to
+    session.previous = Ranking(query_key=key, budget=budget, ids=ids)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def figures_markdown(outcome: SearchOutcome) -> str:
+    """The live-figures panel as markdown (the app renders it verbatim)."""
+    f = outcome.figures
+    encode = "cached (0 ms, no re-encode)" if f["query_cached"] else f"{f['query_encode_ms']:.1f} ms"
+    lines = [
+        f"**Budget {f['budget']}** · {f['mode']}" + (f" (k′={f['k_prime']})" if f["k_prime"] else "")
+        + f" · top-{f['k']} of {f['candidates']:,}",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| query encode | {encode} |",
+        f"| first stage | {f['first_stage_ms']:.2f} ms |",
+        f"| MaxSim | {f['maxsim_ms']:.2f} ms |",
+        f"| total | {f['total_ms']:.1f} ms |",
+        f"| index stored | {format_bytes(f['bytes_stored'])} |",
+        f"| bytes read at this budget | {format_bytes(f['bytes_read'])} |",
+        f"| scoring FLOPs | {f['scoring_flops'] / 1e6:,.2f} MFLOP |",
+        f"| query encodes this session | {f['query_encodes']} |",
+        f"| instruction | {f['instruction'] or '(none)'} |",
+    ]
+    if outcome.compared_to:
+        lines.append(f"| vs {outcome.compared_to} | {len(outcome.moved_in)} moved in, "
+                     f"{len(outcome.moved_out)} moved out |")
+    return "\n".join(lines)
+
+
+def diff_markdown(outcome: SearchOutcome, caption_of: dict[str, str]) -> str:
+    """Which items entered / left the top-k versus the previous budget."""
+    if not outcome.compared_to:
+        return "_Change the budget to see how the ranking moves._"
+    if not outcome.moved_in and not outcome.moved_out:
+        moved = sum(1 for d in outcome.rank_changes.values() if d)
+        return f"Same top-{len(outcome.hits)} set as at {outcome.compared_to}; {moved} item(s) changed rank."
+    parts = [f"Versus {outcome.compared_to}:"]
+    parts += [f"- ⬆ in: {caption_of.get(i, i)}" for i in outcome.moved_in]
+    parts += [f"- ⬇ out: {caption_of.get(i, i)}" for i in outcome.moved_out]
+    return "\n".join(parts)

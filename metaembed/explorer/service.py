@@ -1,0 +1,356 @@
+"""The explorer's single entry point: one :class:`Explorer` per process, shared by all visitors,
+with per-visitor :class:`~metaembed.explorer.session.Session` state looked up by session id.
+
+Every public method takes the session id first and returns plain data (lists, dicts, PIL images,
+plotly figures); every user mistake raises :class:`ExplorerError` with a message to show as-is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from PIL import Image
+
+from index_builder.errors import InputSkipped
+from index_builder.images import load_image
+from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
+from metaembed.datasets import MissingDataError
+from metaembed.datasets.build import build as build_eval_sets
+from metaembed.explorer import attention, scale, tradeoff, uploads
+from metaembed.explorer.config import ExplorerConfig
+from metaembed.explorer.errors import ExplorerError
+from metaembed.explorer.gallery import (
+    DemoGallery,
+    check_match,
+    display_image,
+    encoded_image,
+    gallery_stats,
+    item_caption,
+    open_gallery,
+    query_instruction,
+)
+from metaembed.explorer.models import ModelCache, fingerprint
+from metaembed.explorer.search import (
+    Query,
+    SearchOutcome,
+    check_budget,
+    diff_markdown,
+    figures_markdown,
+    run_search,
+)
+from metaembed.explorer.session import Session, SessionStore
+from metaembed.explorer.tokens import heatmap_figure, token_view
+from metaembed.models import MetaEmbedEncoder
+
+logger = logging.getLogger(__name__)
+
+DEMO, OWN = "demo", "own"
+#: The eval set the Trade-off tab sweeps by default: caption -> photo on the Tux Paint test split.
+BUNDLED_SET = "tux-t2i"
+
+
+@dataclass
+class SearchView:
+    """What the Search tab shows: gallery entries, figures (dict + markdown) and the ranking diff."""
+
+    outcome: SearchOutcome
+    entries: list[tuple[Path | Image.Image, str]]  # thumbnail file (or text card), caption
+    figures_md: str
+    diff_md: str
+    results: list[dict[str, Any]]  # rank, id, score, source, file, page, kind (what the API returns)
+
+
+class Explorer:
+    """Shared model/gallery resources plus the per-session state of every visitor."""
+
+    def __init__(self, config: ExplorerConfig | None = None) -> None:
+        self.config = config or ExplorerConfig.from_env()
+        self.models = ModelCache(self.config.model, self.config.allow_model_paths)
+        self.demo = DemoGallery(self.config.gallery)
+        self.sessions = SessionStore(self.config.session_root, self.config.session_ttl_s)
+        # Encoders are shared; one forward at a time keeps 2-core Spaces responsive and makes the
+        # attention hook (which patches the encoder instance) safe.
+        self._encode_lock = threading.Lock()
+        self._eval_cache: dict[tuple[str, str], Any] = {}
+
+    # ------------------------------------------------------------------ resources
+    def warm_up(self) -> None:
+        """Load the default model and demo gallery (run in a background thread after launch)."""
+        for step in (lambda: self.models.get(None), self.demo.get):
+            try:
+                step()
+            except ExplorerError as err:
+                logger.warning("warm-up: %s", err)
+
+    def session(self, session_id: str | None) -> Session:
+        return self.sessions.get(session_id)
+
+    def close_session(self, session_id: str | None) -> None:
+        self.sessions.close(session_id)
+
+    def _encoder(self, session: Session) -> MetaEmbedEncoder:
+        return self.models.get(session.model_name)
+
+    def _gallery(self, session: Session) -> tuple[Any, str]:
+        if session.gallery_choice == OWN:
+            if session.own_gallery is None:
+                raise ExplorerError("your own gallery is empty: upload images or PDFs in the Gallery tab first")
+            return session.own_gallery, "your"
+        return self.demo.get(), "demo"
+
+    def _context(self, session: Session) -> tuple[MetaEmbedEncoder, Any]:
+        encoder = self._encoder(session)
+        gallery, label = self._gallery(session)
+        check_match(gallery, encoder, label)
+        return encoder, gallery
+
+    # ------------------------------------------------------------------ model / gallery selection
+    def select_model(self, session_id: str, name_or_path: str | None) -> str:
+        """Switch this session's model; says plainly if the current gallery does not match it."""
+        session = self.session(session_id)
+        encoder = self.models.get(name_or_path)
+        with session.lock:
+            session.model_name = (name_or_path or "").strip() or None
+            session.previous = session.last = None
+        message = (f"Model: {encoder.name} (backend {encoder.backend}, D={encoder.dim}, "
+                   f"R_q={encoder.num_query_tokens}, R_c={encoder.num_candidate_tokens}, "
+                   f"fingerprint {fingerprint(encoder)}).")
+        try:
+            gallery, label = self._gallery(session)
+            check_match(gallery, encoder, label)
+        except ExplorerError as err:
+            return f"{message} ⚠ {err}"
+        return message
+
+    def use_gallery(self, session_id: str, choice: str) -> dict[str, Any]:
+        """Search the demo gallery or this session's own uploads."""
+        if choice not in (DEMO, OWN):
+            raise ExplorerError(f"gallery must be '{DEMO}' or '{OWN}', got {choice!r}")
+        session = self.session(session_id)
+        with session.lock:
+            if choice == OWN and session.own_gallery is None:
+                raise ExplorerError("you have no gallery yet: upload images or PDFs first")
+            session.gallery_choice = choice
+            session.previous = session.last = None
+        return self.gallery_status(session_id)
+
+    def gallery_status(self, session_id: str) -> dict[str, Any]:
+        """Counts and bytes of the gallery this session searches."""
+        session = self.session(session_id)
+        try:
+            gallery, label = self._gallery(session)
+        except ExplorerError as err:
+            return {"gallery": session.gallery_choice, "error": str(err)}
+        return {"gallery": session.gallery_choice, "label": label, **gallery_stats(gallery)}
+
+    # ------------------------------------------------------------------ search
+    def search(self, session_id: str, text: str | None, image: str | Path | Image.Image | None,
+               instruction: str | None, r_q: Any, r_c: Any, k: Any = 10, two_stage: bool = False,
+               k_prime: Any = 100) -> SearchView:
+        """Rank the session's gallery; only a new query (text/image/instruction) is encoded."""
+        session = self.session(session_id)
+        picture = _open_query_image(image)
+        with session.lock:
+            encoder, gallery = self._context(session)
+            query = Query(text=text, image=picture, instruction=_instruction(instruction, gallery, text, picture))
+            with self._encode_lock:
+                outcome = run_search(session, encoder, gallery, query, r_q, r_c, k, bool(two_stage), k_prime)
+        captions = {h.id: h.caption for h in outcome.hits}
+        captions.update({i: item_caption(gallery, i) for i in outcome.moved_out})
+        entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
+                   for h in outcome.hits]
+        results = []
+        for h in outcome.hits:
+            meta = gallery.index.get_metadata(h.id) or {}
+            results.append({"rank": h.rank, "id": h.id, "score": h.score, "source": h.caption,
+                            "file": meta.get("source"), "page": meta.get("page"), "kind": meta.get("kind")})
+        return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
+
+    def token_matches(self, session_id: str, rank: Any, query_token: Any = 0) -> tuple[go.Figure, Image.Image | None,
+                                                                                      str, dict[str, Any]]:
+        """Heatmap for result ``rank`` of the last search and, for image candidates, the attention overlay
+        of the matched candidate tokens (all rows' matches, or only query token ``query_token`` when > 0)."""
+        session = self.session(session_id)
+        with session.lock:
+            last = session.last
+            if not last:
+                raise ExplorerError("search first, then pick a result to see its token matches")
+            try:
+                position = int(rank) - 1
+            except (TypeError, ValueError) as err:
+                raise ExplorerError(f"rank must be a whole number, got {rank!r}") from err
+            if not 0 <= position < len(last["ids"]):
+                raise ExplorerError(f"rank must be between 1 and {len(last['ids'])}, got {rank}")
+            encoder, gallery = self._context(session)
+            item_id = last["ids"][position]
+            vectors = session.cached_query(last["model_fp"], last["query_key"])
+            if vectors is None:
+                raise ExplorerError("the query is no longer cached: search again")
+            budget: Budget = last["budget"]
+        view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
+        caption = item_caption(gallery, item_id)
+        fig = heatmap_figure(view, f"#{position + 1} {Path(caption).name}: score {view.score:.3f} at {budget}")
+        try:
+            q_tok = int(query_token or 0)
+        except (TypeError, ValueError) as err:
+            raise ExplorerError(f"query token must be a whole number, got {query_token!r}") from err
+        if not 0 <= q_tok <= budget.r_q:
+            raise ExplorerError(f"query token must be 0 (all) or 1..{budget.r_q}, got {q_tok}")
+        tokens = sorted(set(view.best)) if q_tok == 0 else [view.best[q_tok - 1]]
+        meta = gallery.index.get_metadata(item_id) or {}
+        overlay_img, note = None, "Text-only candidate: no image to overlay."
+        picture = encoded_image(gallery, item_id)
+        if picture is not None:
+            if attention.supports_attention(encoder):
+                with self._encode_lock:
+                    maps = attention.candidate_attention(encoder, picture, meta.get("caption") or meta.get("text"),
+                                                         meta.get("instruction"))
+                overlay_img = attention.overlay(maps, tokens)
+                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
+                        f"{maps.maps.shape[1]}x{maps.maps.shape[2]} visual tokens (last layer, heads averaged).")
+            else:
+                note = f"The {encoder.backend} backend exposes no attention weights."
+        data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens}
+        return fig, overlay_img, note, data
+
+    # ------------------------------------------------------------------ gallery uploads
+    def upload(self, session_id: str, files: Sequence[str | Path] | None,
+               progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+        """Add files to this session's private gallery (build or extend) and switch to it."""
+        session = self.session(session_id)
+        with session.lock:
+            report = uploads.admit(session, list(files or []), self.config.caps)
+            if report.accepted:
+                encoder = self._encoder(session)
+                with self._encode_lock:
+                    out_dir = uploads.build_session_gallery(session, encoder, report, progress)
+                session.own_gallery = open_gallery(out_dir)
+                session.gallery_choice = OWN
+                session.previous = session.last = None
+            if session.own_gallery is not None:
+                stats = gallery_stats(session.own_gallery)
+                report.total_items, report.pages = stats["items"], stats["pages"]
+                report.images, report.stored_bytes = stats["images"], stats["stored_bytes"]
+        report.summary = (f"{len(report.accepted)} file(s) accepted, {report.indexed} item(s) indexed, "
+                          f"{len(report.skipped)} skipped; your gallery holds {report.total_items} item(s) "
+                          f"({report.images} images, {report.pages} PDF pages, {report.stored_bytes:,} bytes).")
+        return report.to_dict()
+
+    # ------------------------------------------------------------------ trade-off
+    def sweep(self, session_id: str, source: str, file: str | Path | None, budgets_text: str,
+              cost: str = "bytes_read", two_stage: bool = False, k_prime: Any = 100
+              ) -> tuple[go.Figure, list[str], list[list[Any]], str]:
+        """Sweep budgets on the bundled eval set, an uploaded BEIR zip, or a pairs file for the gallery."""
+        session = self.session(session_id)
+        try:
+            budgets = parse_budgets(budgets_text) if budgets_text and budgets_text.strip() else list(TRAINED_GROUPS)
+        except BudgetError as err:
+            raise ExplorerError(f"budgets: {err}") from err
+        encoder = self._encoder(session)
+        for b in budgets:
+            check_budget(b.r_q, b.r_c, encoder, _Dims(encoder.num_candidate_tokens))
+        first_stage = int(k_prime) if two_stage else None
+        with session.lock, self._encode_lock:
+            if source == "bundled":
+                report = self._bundled_sweep(encoder, budgets, first_stage)
+            elif source == "upload":
+                report = self._upload_sweep(session, encoder, file, budgets, first_stage)
+            else:
+                raise ExplorerError(f"source must be 'bundled' or 'upload', got {source!r}")
+        header, rows = tradeoff.table_rows(report, cost)
+        front = [r[0] for r in rows if r[-1]]
+        summary = (f"{report.data}: {len(report.results)} budgets, {tradeoff.main_metric(report)}; Pareto-optimal: "
+                   f"{', '.join(front)}")
+        return tradeoff.tradeoff_figure(report, cost), header, rows, summary
+
+    def _bundled_sweep(self, encoder: MetaEmbedEncoder, budgets: list[Budget], first_stage: int | None) -> Any:
+        """METAEMBED_EVAL_SET when set, else a small Tux Paint caption -> photo set built once from Debian data."""
+        path = self.config.eval_set
+        if path is None:
+            path = self._build_bundled_set()
+        elif not Path(path).exists():
+            raise ExplorerError(f"the bundled eval set is not available at {path} (METAEMBED_EVAL_SET); upload a "
+                                "BEIR zip or a query,relevant_item file instead")
+        key = (fingerprint(encoder), f"{path}|{budgets}|{first_stage}")
+        if key not in self._eval_cache:
+            self._eval_cache[key] = tradeoff.sweep_eval_set(encoder, Path(path), budgets,
+                                                            self.config.max_eval_corpus, first_stage)
+        return self._eval_cache[key]
+
+    def _build_bundled_set(self) -> Path:
+        out = self.config.session_root / "eval-cache"
+        target = out / BUNDLED_SET
+        if not (target / "info.json").is_file():
+            try:
+                build_eval_sets(out, [BUNDLED_SET], self.config.bundled_eval_limit)
+            except (MissingDataError, ValueError, OSError) as err:
+                raise ExplorerError(f"the bundled eval set cannot be built: {err}. Upload a BEIR zip or a "
+                                    "query,relevant_item file instead (or set METAEMBED_EVAL_SET)") from err
+        return target
+
+    def _upload_sweep(self, session: Session, encoder: MetaEmbedEncoder, file: str | Path | None,
+                      budgets: list[Budget], first_stage: int | None) -> Any:
+        if not file:
+            raise ExplorerError("upload a BEIR zip or a CSV/JSONL of query,relevant_item first")
+        path = Path(file)
+        if path.suffix.lower() == ".zip":
+            dest = session.workdir / "eval" / path.stem
+            folder = tradeoff.extract_beir_zip(path, dest, self.config.caps.max_bytes)
+            return tradeoff.sweep_eval_set(encoder, folder, budgets, self.config.max_eval_corpus, first_stage)
+        if path.suffix.lower() in (".csv", ".jsonl", ".json", ".tsv", ".txt"):
+            gallery, label = self._gallery(session)
+            check_match(gallery, encoder, label)
+            return tradeoff.sweep_gallery(encoder, gallery, path, budgets, first_stage)
+        raise ExplorerError(f"{path.name}: expected a .zip (BEIR layout) or a .csv/.jsonl of query,relevant_item")
+
+    # ------------------------------------------------------------------ scale calculator
+    @staticmethod
+    def scale(model: str, dtype: str, n: Any, r_q: Any, r_c: Any, device: str,
+              device_gib: Any = None) -> tuple[list[list[Any]], str]:
+        """Table over the trained groups plus the chosen budget, and a fits-in-memory verdict."""
+        try:
+            dim = scale.MODEL_DIMS[model]
+            n_int = int(n)
+            chosen = Budget(int(r_q), int(r_c))
+            gib = float(device_gib) if device_gib not in (None, "", 0) else None
+            budgets = list(dict.fromkeys([*TRAINED_GROUPS, chosen]))
+            rows = scale.table(budgets, n_int, dim, dtype, device, gib)
+            verdict = scale.estimate(chosen, n_int, dim, dtype, device, gib).verdict()
+        except (KeyError, ValueError, TypeError, BudgetError) as err:
+            raise ExplorerError(f"scale calculator: {err}") from err
+        return rows, verdict
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """Stands in for an index when only the candidate-token count bounds a budget (sweeps)."""
+
+    num_vectors: int
+
+
+def _instruction(given: str | None, gallery: Any, text: str | None, image: Image.Image | None) -> str | None:
+    """Empty -> the gallery task's trained query instruction; "none" -> no instruction; else as typed."""
+    given = (given or "").strip()
+    if given.lower() == "none":
+        return None
+    return given or query_instruction(gallery, bool(text and text.strip()), image is not None)
+
+
+def _open_query_image(image: str | Path | Image.Image | None) -> Image.Image | None:
+    """Decode a query image with the ingestion's safe loader; a bad file is a friendly error."""
+    if image is None or image == "":
+        return None
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        return load_image(Path(image))
+    except InputSkipped as err:
+        raise ExplorerError(f"the query image cannot be used: {err}") from err
+    except OSError as err:
+        raise ExplorerError(f"the query image cannot be read: {err}") from err

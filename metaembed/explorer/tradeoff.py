@@ -1,0 +1,208 @@
+"""Budget sweeps for the Trade-off tab: quality vs scoring latency vs bytes read, Pareto front.
+
+Three sources, one row format (:class:`metaembed.eval.harness.BudgetResult`):
+- an eval set in BEIR layout (the bundled one, or a visitor's zip): the eval harness does it all;
+- a CSV / JSONL of ``query,relevant_item`` against the visitor's current gallery, whose items are
+  already encoded: only the queries are encoded, then the gallery index is searched at each budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from metaembed.budget import Budget
+from metaembed.eval.harness import BEIR_K_VALUES, BudgetResult, EvalReport, evaluate
+from metaembed.eval.loaders import EvalDataError, load_eval_set
+from metaembed.explorer.errors import ExplorerError
+from metaembed.metrics import evaluate as trec_evaluate
+from metaembed.models import Item, MetaEmbedEncoder
+
+MAIN_METRIC = "ndcg@5"
+MAX_PAIRS = 500
+RUN_DEPTH = 100
+
+
+def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Flags for (quality ↑, cost ↓) points no other point beats on both (ties are not domination)."""
+    flags = []
+    for i, (q_i, c_i) in enumerate(points):
+        dominated = any(q_j >= q_i and c_j <= c_i and (q_j > q_i or c_j < c_i)
+                        for j, (q_j, c_j) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """``query,relevant_item`` rows from a CSV (with header) or JSONL file; errors name the line."""
+    text = path.read_text(encoding="utf-8", errors="strict")
+    pairs: list[tuple[str, str]] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ExplorerError(f"{path.name}, line {line_no}: not valid JSON ({err.msg})") from err
+            if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row.get("relevant_item"):
+                raise ExplorerError(f"{path.name}, line {line_no}: need string fields 'query' and 'relevant_item'")
+            pairs.append((row["query"], str(row["relevant_item"])))
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not {"query", "relevant_item"} <= set(reader.fieldnames):
+            raise ExplorerError(f"{path.name}, line 1: the header must name the columns query,relevant_item")
+        for line_no, row in enumerate(reader, start=2):
+            if not (row.get("query") or "").strip() or not (row.get("relevant_item") or "").strip():
+                raise ExplorerError(f"{path.name}, line {line_no}: empty query or relevant_item")
+            pairs.append((row["query"].strip(), row["relevant_item"].strip()))
+    if not pairs:
+        raise ExplorerError(f"{path.name}: no query,relevant_item rows")
+    if len(pairs) > MAX_PAIRS:
+        raise ExplorerError(f"{path.name}: {len(pairs)} rows; at most {MAX_PAIRS} queries per sweep")
+    return pairs
+
+
+def _resolver(index: Any) -> dict[str, set[str]]:
+    """Names a user may give for an item: its id, its source path or file name, ``file#page``."""
+    names: dict[str, set[str]] = {}
+    for item_id in index.ids:
+        meta = index.get_metadata(item_id) or {}
+        keys = {item_id}
+        source = meta.get("source")
+        if source:
+            for base in {str(source), Path(str(source)).name}:
+                keys.add(base)
+                if meta.get("page"):
+                    keys |= {f"{base}#{meta['page']}", f"{base} p. {meta['page']}", f"{base}:{meta['page']}"}
+        for key in keys:
+            names.setdefault(key, set()).add(item_id)
+    return names
+
+
+def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Any, pairs_file: Path, budgets: Sequence[Budget],
+                  first_stage: int | None = None) -> EvalReport:
+    """Sweep ``budgets`` on the current gallery with a visitor's ``query,relevant_item`` file."""
+    index = gallery.index
+    names = _resolver(index)
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for line, (query, relevant) in enumerate(read_pairs(pairs_file), start=1):
+        matched = names.get(relevant)
+        if not matched:
+            raise ExplorerError(f"{pairs_file.name}, row {line}: relevant_item {relevant!r} is not in the current "
+                                "gallery (use an item id, a file name, or file.pdf#page)")
+        qid = queries.setdefault(query, f"q{len(queries)}")
+        qrels.setdefault(qid, {}).update({i: 1 for i in matched})
+    texts = list(queries)
+    vectors = encoder.encode_queries([Item(text=t) for t in texts])
+    depth = min(len(index), RUN_DEPTH)
+    results = []
+    for budget in budgets:
+        run, ms, read = {}, [], []
+        for qid, vec in zip(queries.values(), vectors, strict=True):
+            hit = index.search(vec, budget, k=depth, first_stage=first_stage)
+            run[qid] = {str(i): float(s) for i, s in zip(hit.ids, hit.scores, strict=True)}
+            ms.append(float(hit.first_stage_ms or 0.0) + float(hit.maxsim_ms))
+            read.append(int(hit.bytes_read))
+        results.append(BudgetResult(r_q=budget.r_q, r_c=budget.r_c, metrics=dict(trec_evaluate(run, qrels,
+                                    BEIR_K_VALUES)), scoring_ms_per_query=statistics.fmean(ms),
+                                    bytes_read=round(statistics.fmean(read)), encode_ms_per_item=0.0,
+                                    label=f"{budget.r_q}x{budget.r_c}"))
+    return EvalReport(model=encoder.name, data=pairs_file.name, format="beir", results=results)
+
+
+def extract_beir_zip(zip_path: Path, dest: Path, max_bytes: int) -> Path:
+    """Unpack a BEIR-layout zip safely (no paths outside ``dest``, bounded size); return the set's folder."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = archive.infolist()
+            total = sum(m.file_size for m in members)
+            if total > max_bytes:
+                raise ExplorerError(f"{zip_path.name}: unpacks to {total / 2**20:.0f} MB, over the "
+                                    f"{max_bytes / 2**20:.0f} MB cap")
+            root = dest.resolve()
+            for member in members:
+                target = (root / member.filename).resolve()
+                if not target.is_relative_to(root):
+                    raise ExplorerError(f"{zip_path.name}: member {member.filename!r} points outside the archive")
+            archive.extractall(root)
+    except zipfile.BadZipFile as err:
+        raise ExplorerError(f"{zip_path.name}: not a valid zip file ({err})") from err
+    found = sorted(p.parent for p in dest.rglob("corpus.jsonl"))
+    if not found:
+        raise ExplorerError(f"{zip_path.name}: no corpus.jsonl inside (BEIR layout: corpus.jsonl, queries.jsonl, "
+                            "qrels/test.tsv)")
+    return found[0]
+
+
+def sweep_eval_set(encoder: MetaEmbedEncoder, folder: Path, budgets: Sequence[Budget], max_corpus: int,
+                   first_stage: int | None = None, limit: int | None = 200) -> EvalReport:
+    """Sweep an eval set (BEIR folder or MMEB .jsonl) through the eval harness, corpus size capped."""
+    try:
+        data = load_eval_set(folder, limit=limit)
+    except EvalDataError as err:
+        raise ExplorerError(str(err)) from err
+    size = len(getattr(data, "corpus", None) or [c for row in getattr(data, "rows", []) for c in row.candidates])
+    if size > max_corpus:
+        raise ExplorerError(f"{Path(folder).name}: {size} candidates; the explorer encodes at most {max_corpus} "
+                            "(run `python -m metaembed.eval` for bigger sets)")
+    return evaluate(encoder, data, budgets, first_stage=first_stage)
+
+
+def main_metric(report: EvalReport) -> str:
+    return "precision@1" if report.format == "mmeb" else MAIN_METRIC
+
+
+def table_rows(report: EvalReport, cost: str = "bytes_read") -> tuple[list[str], list[list[Any]]]:
+    """Header and rows for the UI table, with each budget's Pareto flag under (quality, ``cost``)."""
+    metric = main_metric(report)
+    flags = pareto([(r.metrics[metric], _cost(r, cost)) for r in report.results])
+    keys = sorted({k for r in report.results for k in r.metrics})
+    header = ["budget", *keys, "scoring ms/query", "bytes read/query", "Pareto"]
+    rows = [[f"({r.r_q},{r.r_c})", *[round(r.metrics[k], 4) for k in keys], round(r.scoring_ms_per_query, 3),
+             r.bytes_read, "★" if flag else ""] for r, flag in zip(report.results, flags, strict=True)]
+    return header, rows
+
+
+def _cost(row: BudgetResult, cost: str) -> float:
+    if cost == "latency":
+        return row.scoring_ms_per_query
+    return float(row.bytes_read or 0)
+
+
+def tradeoff_figure(report: EvalReport, cost: str = "bytes_read") -> go.Figure:
+    """Quality vs scoring latency; marker size = bytes read; Pareto budgets highlighted and joined."""
+    metric = main_metric(report)
+    rows = report.results
+    flags = pareto([(r.metrics[metric], _cost(r, cost)) for r in rows])
+    biggest = max(float(r.bytes_read or 1) for r in rows)
+    fig = go.Figure()
+    for on_front, name, color in ((False, "dominated", "#9aa0a6"), (True, "Pareto-optimal", "#d62728")):
+        pts = [r for r, f in zip(rows, flags, strict=True) if f == on_front]
+        if not pts:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r.scoring_ms_per_query for r in pts], y=[r.metrics[metric] for r in pts],
+            mode="markers+text", name=name, text=[f"({r.r_q},{r.r_c})" for r in pts], textposition="top center",
+            marker={"size": [10 + 30 * float(r.bytes_read or 0) / biggest for r in pts], "color": color},
+            customdata=[r.bytes_read for r in pts],
+            hovertemplate="%{text}<br>%{y:.4f}<br>%{x:.3f} ms<br>%{customdata:,} bytes read<extra></extra>"))
+    front = sorted((r for r, f in zip(rows, flags, strict=True) if f), key=lambda r: r.scoring_ms_per_query)
+    if len(front) > 1:
+        fig.add_trace(go.Scatter(x=[r.scoring_ms_per_query for r in front], y=[r.metrics[metric] for r in front],
+                                 mode="lines", line={"color": "#d62728", "dash": "dot"}, showlegend=False,
+                                 hoverinfo="skip"))
+    fig.update_layout(title=f"{metric} vs scoring latency (marker size = bytes read; Pareto on "
+                            f"{'latency' if cost == 'latency' else 'bytes read'})",
+                      xaxis_title="scoring ms / query", yaxis_title=metric, height=420,
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return fig

@@ -1,0 +1,270 @@
+"""Measure MetaEmbed-Mini and its two ablations on the four eval sets; write the README's table and chart.
+
+    # full sweep: 3 models x 5 budgets x {tux-t2i, tux-i2t, fmnist-cls, rdocs} + BM25 / MiniLM / LiT rows
+    python scripts/measure_mini.py baselines          # -> benchmarks/results/baselines.json
+    python scripts/measure_mini.py sweep              # -> benchmarks/results/mini-{mmr,no-mmr,single-vector}.json
+    python scripts/measure_mini.py report             # -> benchmarks/results/mini.{md,json,png,html}
+    # the fixed small subset the quality test re-runs (records assets/metaembed-mini/eval_subset.json)
+    python scripts/measure_mini.py subset
+
+The three models share one frozen EfficientNet, so image features are computed once and reused
+(keyed by image path, kept in runs/feature-cache/) across models: a sweep costs one feature pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout
+
+from metaembed.budget import TRAINED_GROUPS, Budget  # noqa: E402
+from metaembed.eval.harness import evaluate  # noqa: E402
+from metaembed.eval.loaders import load_eval_set  # noqa: E402
+from metaembed.models import MetaEmbedEncoder, load_encoder  # noqa: E402
+from metaembed.models.mini import load_feature_cache, save_feature_cache  # noqa: E402
+
+logger = logging.getLogger("measure_mini")
+
+SETS = ("tux-t2i", "tux-i2t", "fmnist-cls", "rdocs")
+SET_PATHS = {"tux-t2i": "tux-t2i", "tux-i2t": "tux-i2t/tux-i2t.jsonl", "fmnist-cls": "fmnist-cls/fmnist-cls.jsonl",
+             "rdocs": "rdocs"}
+MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
+          "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
+#: The quality test's fixed subset: eval sets rebuilt from the Debian data with this builder --limit.
+SUBSET_LIMIT = 30
+SUBSET_FILE = REPO / "assets" / "metaembed-mini" / "eval_subset.json"
+
+
+def main_metric(report: dict[str, Any]) -> str:
+    return report["main_metric"]
+
+
+def sweep_model(model: MetaEmbedEncoder, data_root: Path, sets: tuple[str, ...] = SETS) -> dict[str, Any]:
+    """{set: report dict} over every trained budget the model has (a single-vector model: (1,1) only)."""
+    budgets = [b for b in TRAINED_GROUPS if b.r_q <= model.num_query_tokens and b.r_c <= model.num_candidate_tokens]
+    out = {}
+    for name in sets:
+        report = evaluate(model, load_eval_set(data_root / SET_PATHS[name]), budgets=budgets, batch_size=32)
+        out[name] = report.to_dict()
+        logger.info("%s %s: %s", model.name, name,
+                    {r["label"]: round(r["metrics"][report.main_metric], 4) for r in out[name]["results"]})
+    return out
+
+
+def baselines(data_root: Path, cache: Path) -> dict[str, dict[str, Any]]:
+    """BM25 (text sets), off-the-shelf MiniLM and the LiT-style baseline, same splits, same run."""
+    from metaembed.baselines.__main__ import run
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name in SETS:
+        # BM25 and MiniLM are text-only (they cannot see an image); LiT is the image-text floor.
+        for baseline in ("bm25", "minilm") if name == "rdocs" else ("lit",):
+            args = argparse.Namespace(data=str(data_root / SET_PATHS[name]), format=None, limit=None, baseline=baseline,
+                                      cache=str(cache), config=None, retrain=False)
+            report = run(args)
+            rows.setdefault(baseline, {})[name] = report.to_dict() if hasattr(report, "to_dict") else report
+    return rows
+
+
+def write_baselines(data_root: Path, cache: Path, out: Path) -> dict[str, dict[str, Any]]:
+    """Run the baselines once and keep them in ``out/baselines.json`` (the sweep reuses the file)."""
+    base = baselines(data_root, cache)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baselines.json").write_text(json.dumps(base, indent=1, default=str) + "\n")
+    return base
+
+
+def headline(report: dict[str, Any], budget: Budget | None) -> float:
+    """The set's main metric at ``budget`` (None = the report's only row), in points."""
+    metric = report["main_metric"]
+    for row in report["results"]:
+        if budget is None or (row["r_q"], row["r_c"]) == (budget.r_q, budget.r_c):
+            return 100.0 * row["metrics"][metric]
+    raise KeyError(f"no row for {budget} in {report['data']}")
+
+
+def markdown_table(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> str:
+    """Rows = model @ budget, columns = eval sets (main metric, in points)."""
+    header = "| model | budget | " + " | ".join(f"{s} ({_metric_name(s)})" for s in SETS) + " | avg |"
+    lines = [header, "|" + "---|" * (len(SETS) + 3)]
+    for model, per_set in results.items():
+        budgets = [Budget(r["r_q"], r["r_c"]) for r in next(iter(per_set.values()))["results"]]
+        for budget in budgets:
+            vals = [headline(per_set[s], budget) for s in SETS]
+            lines.append(f"| MetaEmbed-Mini {model} | {budget} | " + " | ".join(f"{v:.1f}" for v in vals)
+                         + f" | {sum(vals) / len(vals):.1f} |")
+    for name, per_set in base.items():
+        vals = [f"{headline(per_set[s], None):.1f}" if s in per_set else "–" for s in SETS]
+        lines.append(f"| {name} baseline | single | " + " | ".join(vals) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_name(name: str) -> str:
+    return {"tux-t2i": "nDCG@5", "rdocs": "nDCG@5"}.get(name, "P@1")
+
+
+def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's five targets, each with the measured figures and a pass flag."""
+    mmr, nommr, single = results["mmr"], results["no-mmr"], results["single-vector"]
+    full, one = Budget(16, 64), Budget(1, 1)
+    curves = {s: [headline(mmr[s], b) for b in TRAINED_GROUPS] for s in SETS}
+    monotone = {s: all(b >= a - 0.5 for a, b in zip(v, v[1:])) for s, v in curves.items()}
+    gap = sum(headline(mmr[s], one) - headline(nommr[s], one) for s in SETS) / len(SETS)
+    vs_single = {s: headline(mmr[s], full) - headline(single[s], one) for s in SETS}
+    tux_r1 = 100 * _row(mmr["tux-t2i"], full)["metrics"]["recall@1"]
+    lit_r1 = 100 * base["lit"]["tux-t2i"]["results"][0]["metrics"]["recall@1"]
+    rdocs = headline(mmr["rdocs"], full)
+    rdocs_base = max(headline(base["bm25"]["rdocs"], None), headline(base["minilm"]["rdocs"], None))
+    return {
+        "1_non_decreasing": {"curves": curves, "pass": all(monotone.values()), "per_set": monotone},
+        "2_mmr_vs_nommr_at_1x1": {"avg_gap_points": gap, "pass": gap >= 3.0},
+        "3_beats_single_vector_at_16x64": {"gaps": vs_single, "pass": all(v > 0 for v in vs_single.values())},
+        "4_tux_t2i_r1_vs_lit": {"mmr_r1": tux_r1, "lit_r1": lit_r1, "ratio": tux_r1 / max(lit_r1, 1e-9),
+                                "pass": tux_r1 >= 2 * lit_r1},
+        "5_rdocs_vs_text_baselines": {"mmr": rdocs, "best_baseline": rdocs_base, "pass": rdocs >= rdocs_base},
+    }
+
+
+def _row(report: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    return next(r for r in report["results"] if (r["r_q"], r["r_c"]) == (budget.r_q, budget.r_c))
+
+
+def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], out: Path) -> list[Path]:
+    """Quality vs budget, one panel per eval set; ablations and baselines as markers / lines."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(SETS), subplot_titles=[f"{s} ({_metric_name(s)})" for s in SETS])
+    labels = [str(b) for b in TRAINED_GROUPS]
+    colors = {"mmr": "#1f77b4", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
+              "minilm": "#9467bd", "lit": "#d62728"}
+    for col, name in enumerate(SETS, start=1):
+        for model, per_set in results.items():
+            rows = per_set[name]["results"]
+            y = [headline(per_set[name], Budget(r["r_q"], r["r_c"])) for r in rows]
+            x = [f"({r['r_q']},{r['r_c']})" for r in rows] if len(rows) > 1 else labels
+            y = y if len(rows) > 1 else y * len(labels)
+            fig.add_trace(go.Scatter(x=x, y=y, name=f"Mini {model}", legendgroup=model, showlegend=col == 1,
+                                     mode="lines+markers" if len(rows) > 1 else "lines",
+                                     line={"color": colors[model], "dash": "solid" if len(rows) > 1 else "dot"}),
+                          row=1, col=col)
+        for baseline, per_set in base.items():
+            if name in per_set:
+                fig.add_trace(go.Scatter(x=labels, y=[headline(per_set[name], None)] * len(labels), name=baseline,
+                                         legendgroup=baseline, showlegend=col == 1, mode="lines",
+                                         line={"color": colors[baseline], "dash": "dash"}), row=1, col=col)
+    fig.update_layout(width=1500, height=420, title="MetaEmbed-Mini: quality vs budget (r_q, r_c)")
+    written = []
+    html = out.with_suffix(".html")
+    fig.write_html(str(html), include_plotlyjs="cdn")
+    written.append(html)
+    try:
+        fig.write_image(str(out.with_suffix(".png")))
+        written.append(out.with_suffix(".png"))
+    except Exception as err:  # kaleido needs a browser; the HTML chart is still there
+        logger.warning("PNG export failed (%s); wrote %s only", err, html)
+    return written
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Evaluate each named model on the four sets; one JSON per model (runs can happen as models finish)."""
+    data_root, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_file = Path(args.feature_cache)
+    cache = load_feature_cache(cache_file)
+    for name in args.models:
+        model = load_encoder(MODELS[name], device="cpu")
+        model.enable_feature_cache(cache)  # same frozen EfficientNet settings for all three models
+        results = sweep_model(model, data_root)
+        (out / f"mini-{name}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        save_feature_cache(cache, cache_file)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Table, chart and the five targets from the per-model JSONs and baselines.json."""
+    out = Path(args.out)
+    results = {name: json.loads((out / f"mini-{name}.json").read_text()) for name in MODELS}
+    base = json.loads((out / "baselines.json").read_text())
+    summary = {"commands": ["python scripts/measure_mini.py baselines",
+                            "python scripts/measure_mini.py sweep --models mmr no-mmr single-vector",
+                            "python scripts/measure_mini.py report"],
+               "targets": targets(results, base)}
+    (out / "mini.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    table = markdown_table(results, base)
+    (out / "mini.md").write_text(table)
+    plot(results, base, out / "mini")
+    print(table)
+    print(json.dumps(summary["targets"], default=str))
+    return 0
+
+
+def measure_subset(model: MetaEmbedEncoder, root: Path) -> dict[str, dict[str, float]]:
+    """Main metric per set and budget (points) on the fixed subset under ``root`` (built with SUBSET_LIMIT)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, report in sweep_model(model, root).items():
+        out[name] = {f"{r['r_q']}x{r['r_c']}": 100.0 * r["metrics"][report["main_metric"]] for r in report["results"]}
+    return out
+
+
+def build_subset(root: Path) -> Path:
+    """The eval sets rebuilt from the Debian packages with the builders' --limit (what the test re-runs)."""
+    from metaembed.datasets.build import build
+
+    build(root, limit=SUBSET_LIMIT)
+    return root
+
+
+def cmd_subset(args: argparse.Namespace) -> int:
+    model = load_encoder(args.model, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = measure_subset(model, build_subset(Path(tmp)))
+    record = {"model_fingerprint": model.fingerprint(), "builder_limit": SUBSET_LIMIT,
+              "command": "python scripts/measure_mini.py subset", "points": figures}
+    path = Path(args.output)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(json.dumps(record))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="5 budgets x 4 sets for the named models (one JSON each)")
+    sweep.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    sweep.add_argument("--data", default="/work/data/eval", help="folder built by python -m metaembed.datasets build")
+    sweep.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    sweep.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "eval-192-g3.safetensors"),
+                       help="frozen EfficientNet features of the eval images, shared by the three models")
+    report = sub.add_parser("report", help="table + chart + targets from the sweep's JSON files")
+    report.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    base = sub.add_parser("baselines", help="BM25 / MiniLM / LiT rows only (benchmarks/results/baselines.json)")
+    base.add_argument("--data", default="/work/data/eval")
+    base.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    base.add_argument("--cache", default=os.environ.get("METAEMBED_CACHE", "data/cache"), help="LiT baseline cache")
+    subset = sub.add_parser("subset", help="record the quality test's subset figures for the shipped model")
+    subset.add_argument("--model", default=None)
+    subset.add_argument("--output", default=str(SUBSET_FILE))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    if args.command == "baselines":
+        write_baselines(Path(args.data), Path(args.cache), Path(args.out))
+        return 0
+    return {"sweep": cmd_sweep, "report": cmd_report, "subset": cmd_subset}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The explorer library (metaembed.explorer) without a server: fast checks with the toy encoder and a real
+index_builder gallery."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from app_fixtures import PDF_PAGES, SHAPES, draw, write_inputs
+from toy_encoder import ToyEncoder
+
+from index_builder import build
+from metaembed.budget import Budget
+from metaembed.explorer import scale, tradeoff
+from metaembed.explorer.config import ExplorerConfig, UploadCaps
+from metaembed.explorer.errors import ExplorerError
+from metaembed.explorer.gallery import resolve_gallery_dir
+from metaembed.explorer.service import Explorer
+from metaembed.models import ALIASES
+from metaembed.scoring import maxsim_pairs
+
+
+class CountingToy(ToyEncoder):
+    """Counts real encode calls, independently of the explorer's own counter."""
+
+    calls = 0
+
+    def encode_queries(self, items, batch_size=16):
+        CountingToy.calls += len(items)
+        return super().encode_queries(items, batch_size)
+
+
+@pytest.fixture(scope="module")
+def toy_gallery(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lib")
+    encoder = CountingToy()
+    build([write_inputs(root / "inputs")], root / "gallery", encoder=encoder)
+    return root, encoder
+
+
+@pytest.fixture
+def explorer(toy_gallery, tmp_path):
+    root, encoder = toy_gallery
+    config = ExplorerConfig(model="toy", gallery=root / "gallery", eval_set=None, session_root=tmp_path / "sessions",
+                            caps=UploadCaps(max_files=3, max_pages=4, max_bytes=2**20))
+    ex = Explorer(config)
+    ex.models.register("toy", encoder)
+    return ex
+
+
+def test_budget_and_k_changes_reuse_the_cached_query(explorer):
+    before = CountingToy.calls
+    first = explorer.search("a", PDF_PAGES[0], None, None, 8, 16, 5)
+    second = explorer.search("a", PDF_PAGES[0], None, None, 2, 4, 3)
+    third = explorer.search("a", PDF_PAGES[0], None, "", 16, 64, 6, True, 6)
+    assert CountingToy.calls == before + 1
+    assert [f.outcome.figures["query_encodes"] for f in (first, second, third)] == [1, 1, 1]
+    assert second.outcome.figures["query_cached"] and len(second.outcome.hits) == 3
+    old, new = [h.id for h in first.outcome.hits], [h.id for h in second.outcome.hits]
+    assert second.outcome.moved_in == [i for i in new if i not in old]
+    assert second.outcome.moved_out == [i for i in old if i not in new]
+    explorer.search("a", PDF_PAGES[0], None, "Find the page.", 8, 16)  # instruction is part of the query
+    assert CountingToy.calls == before + 2
+
+
+def test_scores_match_the_scorer_and_token_view(explorer):
+    view = explorer.search("s", PDF_PAGES[1], None, None, 4, 8, 6)
+    session = explorer.session("s")
+    gallery = explorer.demo.get()
+    query = session.cached_query(session.last["model_fp"], session.last["query_key"])
+    top = view.outcome.hits[0]
+    expected = maxsim_pairs(query[None], gallery.index.get_vectors(top.id)[None], Budget(4, 8))[0, 0]
+    assert top.score == pytest.approx(float(expected), abs=2e-2)  # bf16 storage
+    fig, overlay, note, data = explorer.token_matches("s", 1)
+    assert data["score"] == pytest.approx(top.score, abs=2e-2)
+    assert overlay is None and "exposes no attention" in note  # the toy backend has no attention API
+    assert len(fig.data) == 2
+
+
+def test_user_errors_are_explorer_errors(explorer, tmp_path):
+    with pytest.raises(ExplorerError, match="empty query"):
+        explorer.search("e", "  ", None, None, 1, 1)
+    with pytest.raises(ExplorerError, match="r_c=65 exceeds"):
+        explorer.search("e", "x", None, None, 1, 65)
+    with pytest.raises(ExplorerError, match="whole numbers"):
+        explorer.search("e", "x", None, None, 1.5, 2)
+    with pytest.raises(ExplorerError, match="k′ .* must be at least k"):
+        explorer.search("e", "x", None, None, 1, 1, 5, True, 2)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(ExplorerError, match="query image cannot be used"):
+        explorer.search("e", None, str(bad), None, 1, 1)
+    with pytest.raises(ExplorerError, match="search first"):
+        explorer.token_matches("fresh", 1)
+
+
+def test_mismatched_model_is_refused_plainly(explorer):
+    explorer.models.register("other", ToyEncoder(seed=1))
+    message = explorer.select_model("m", "other")
+    assert "⚠" in message and "built with another model" in message
+    with pytest.raises(ExplorerError, match="built with another model"):
+        explorer.search("m", "x", None, None, 1, 1)
+
+
+def test_uploads_are_private_capped_and_cleaned_up(explorer, tmp_path):
+    files = []
+    for i, (name, color, shape) in enumerate(SHAPES):
+        files.append(tmp_path / f"{i}-{name}")
+        draw(color, shape).save(files[-1])
+    junk = tmp_path / "junk.gif"
+    junk.write_text("GIF? no")
+    report = explorer.upload("alice", [*files, junk])
+    assert report["accepted"] == [f.name for f in files[:3]]  # max_files=3
+    reasons = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert "file cap" in reasons[files[3].name] and "unsupported" in reasons["junk.gif"]
+    assert report["total_items"] == 3 and explorer.gallery_status("alice")["gallery"] == "own"
+    assert explorer.gallery_status("bob")["gallery"] == "demo"
+    with pytest.raises(ExplorerError, match="no gallery yet"):
+        explorer.use_gallery("bob", "own")
+    hits = explorer.search("bob", None, str(files[0]), None, 8, 16, 50).outcome.hits
+    assert not any(h.caption.endswith(files[0].name) for h in hits)
+    alice_dir = explorer.session("alice").workdir
+    assert alice_dir.is_dir() and alice_dir != explorer.session("bob").workdir
+    explorer.close_session("alice")
+    assert not alice_dir.exists()
+
+
+def test_pareto_front():
+    points = [(0.5, 1.0), (0.6, 2.0), (0.55, 3.0), (0.6, 2.0), (0.7, 8.0)]
+    assert tradeoff.pareto(points) == [True, True, False, True, True]
+
+
+def test_scale_calculator_paper_rows():
+    for budget, gflops, gib in ((Budget(1, 1), 0.71, 0.67), (Budget(8, 16), 91.75, 10.68),
+                                (Budget(16, 64), 733.89, 42.72)):
+        est = scale.estimate(budget, 100_000, 3584, "bf16")
+        assert est.gflops == pytest.approx(gflops, rel=0.015) and round(est.index_gib, 2) == gib
+        assert est.fits
+    assert not scale.estimate(Budget(16, 64), 100_000, 3584, "bf16", "T4 (16 GiB)").fits
+    with pytest.raises(ValueError, match="dtype"):
+        scale.estimate(Budget(1, 1), 10, 384, "int3")
+
+
+def test_pairs_file_errors_name_the_line(tmp_path):
+    bad_header = tmp_path / "p.csv"
+    bad_header.write_text("q,item\nx,y\n")
+    with pytest.raises(ExplorerError, match="line 1"):
+        tradeoff.read_pairs(bad_header)
+    bad_json = tmp_path / "p.jsonl"
+    bad_json.write_text('{"query": "a", "relevant_item": "b"}\n{oops\n')
+    with pytest.raises(ExplorerError, match="line 2"):
+        tradeoff.read_pairs(bad_json)
+
+
+def _beir_zip(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return path
+
+
+def test_sweep_beir_zip_and_unsafe_zip(explorer, tmp_path):
+    corpus = [{"_id": f"d{i}", "text": t} for i, t in enumerate(["red apples", "blue sky at noon", "green grass",
+                                                                   "invoice total due", "mountain trail"])]
+    queries = [{"_id": "q0", "text": "apples that are red"}, {"_id": "q1", "text": "the total of the invoice"}]
+    zipped = _beir_zip(tmp_path / "set.zip", {
+        "set/corpus.jsonl": "\n".join(json.dumps(c) for c in corpus),
+        "set/queries.jsonl": "\n".join(json.dumps(q) for q in queries),
+        "set/qrels/test.tsv": "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td3\t1\n"})
+    fig, header, rows, summary = explorer.sweep("z", "upload", zipped, "1x1,4x8,16x64")
+    assert [r[0] for r in rows] == ["(1,1)", "(4,8)", "(16,64)"]
+    assert rows[0][-1] == "★" and "Pareto-optimal" in summary
+    assert all(0 <= r[header.index("ndcg@5")] <= 1 for r in rows)
+    evil = _beir_zip(tmp_path / "evil.zip", {"../../escape.txt": "x", "corpus.jsonl": "{}"})
+    with pytest.raises(ExplorerError, match="outside the archive"):
+        explorer.sweep("z", "upload", evil, "")
+    with pytest.raises(ExplorerError, match="budgets"):
+        explorer.sweep("z", "upload", zipped, "8by8")
+
+
+def test_default_query_instruction_follows_the_gallery_task(explorer, tmp_path):
+    from metaembed.datasets.instructions import TEXT_TO_IMAGE
+
+    text = explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures
+    assert text["instruction"] == TEXT_TO_IMAGE.query  # the fixture gallery is mostly images
+    assert explorer.search("i", "a red circle", None, "none", 1, 1).outcome.figures["instruction"] is None
+    path = tmp_path / "q.png"
+    draw((1, 2, 3), "circle").save(path)
+    assert explorer.search("i", None, str(path), None, 1, 1).outcome.figures["instruction"] is None
+
+
+def test_bundled_sweep_builds_the_tux_paint_set_once(explorer, monkeypatch):
+    pytest.importorskip("metaembed.datasets.tuxpaint")
+    monkeypatch.setattr(explorer, "config", dataclasses.replace(explorer.config, bundled_eval_limit=6))
+    fig, header, rows, summary = explorer.sweep("b", "bundled", None, "1x1,16x64")
+    assert [r[0] for r in rows] == ["(1,1)", "(16,64)"] and "tux-t2i" in summary
+    assert (explorer.config.session_root / "eval-cache" / "tux-t2i" / "corpus.jsonl").is_file()
+    assert explorer.sweep("b", "bundled", None, "1x1,16x64")[2] == rows  # cached per model and budgets
+
+
+BUNDLED = ExplorerConfig()
+HAVE_BUNDLED = ((resolve_gallery_dir(BUNDLED.gallery) / "manifest.json").is_file()
+                and (Path(ALIASES["mini"]) / "config.json").is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_BUNDLED, reason="the committed MetaEmbed-Mini and demo gallery are not in this checkout")
+def test_committed_model_answers_the_committed_gallery(tmp_path):
+    """`make demo`'s defaults: the bundled model must be the one that built the demo gallery."""
+    ex = Explorer(dataclasses.replace(BUNDLED, session_root=tmp_path))
+    view = ex.search("d", "a penguin", None, None, 8, 16, 10)
+    assert len(view.outcome.hits) == 10 and view.outcome.figures["candidates"] > 100
+    assert ex.search("d", "a penguin", None, None, 1, 1, 10).outcome.figures["query_encodes"] == 1
+
+
+def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path):
+    root, encoder = toy_gallery
+    ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path,
+                                 allow_model_paths=False))
+    ex.models.register("toy", encoder)
+    assert "Model:" in ex.select_model("s", "toy")
+    with pytest.raises(ExplorerError, match="serves only the model 'toy'"):
+        ex.select_model("s", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_attention_hook_reads_the_real_mini_without_changing_it():
+    import torch
+
+    from metaembed.explorer.attention import candidate_attention, overlay
+    from metaembed.models import Item
+    from metaembed.models.mini import MiniMetaEmbed
+
+    torch.manual_seed(0)
+    model = MiniMetaEmbed(device="cpu").eval()
+    image = draw((200, 40, 40), "circle")
+    before = model.encode_candidates([Item(image=image, text="a red circle")])
+    maps = candidate_attention(model, image, "a red circle")
+    after = model.encode_candidates([Item(image=image, text="a red circle")])
+    assert torch.equal(before, after) and "_layer" not in vars(model)  # the hook is gone
+    grid = int(model.config["visual_grid"])
+    assert maps.maps.shape == (model.num_candidate_tokens, grid, grid)
+    total = maps.maps.sum(dim=(1, 2))
+    assert bool((maps.maps >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
+    picture = overlay(maps, [0, 1])
+    assert picture.size == maps.canvas.size and picture.tobytes() != maps.canvas.tobytes()
+
+
+def test_duplicate_upload_is_reported_and_not_kept(explorer, tmp_path):
+    first, copy = tmp_path / "a.png", tmp_path / "a-copy.png"
+    draw((9, 99, 199), "bars").save(first)
+    copy.write_bytes(first.read_bytes())
+    report = explorer.upload("dave", [first, copy])
+    assert report["indexed"] == 1 and report["total_items"] == 1
+    (skip,) = report["skipped"]
+    assert {skip["file"], skip["reason"].removeprefix("same content as ")} == {"a.png", "a-copy.png"}
+    assert len(list(explorer.session("dave").uploads_dir().iterdir())) == 1

