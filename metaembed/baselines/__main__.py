@@ -10,7 +10,7 @@ import sys
 from metaembed.budget import Budget
 from metaembed.eval.harness import evaluate
 from metaembed.eval.loaders import FORMATS, BeirSet, EvalDataError, load_eval_set
-from metaembed.eval.report import format_table, write_json
+from metaembed.eval.report import publish
 
 logger = logging.getLogger("metaembed.baselines")
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalDataError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
-    print(format_table(report))
-    if args.json:
-        write_json(report, args.json)
-        logger.info("wrote %s", args.json)
+    publish(report, args.json)
     return 0
 
 

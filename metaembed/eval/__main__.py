@@ -10,7 +10,7 @@ import sys
 from metaembed.budget import TRAINED_GROUPS, BudgetError, parse_budgets
 from metaembed.eval.harness import evaluate
 from metaembed.eval.loaders import FORMATS, EvalDataError
-from metaembed.eval.report import format_table, save_figure, write_json
+from metaembed.eval.report import publish, save_figure
 from metaembed.models import ModelLoadError, load_encoder
 
 logger = logging.getLogger("metaembed.eval")
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BudgetError, EvalDataError, ModelLoadError) as err:
         logger.error("%s", err)
         return 2
-    print(format_table(report))
-    if args.json:
-        write_json(report, args.json)
-        logger.info("wrote %s", args.json)
+    publish(report, args.json)
     if args.plot:
         for path in save_figure(report, args.plot):
             logger.info("wrote %s", path)

@@ -56,6 +56,14 @@ def write_json(report: EvalReport | dict[str, Any], path: str | Path) -> None:
     _atomic_write(Path(path), json.dumps(data, indent=2).encode())
 
 
+def publish(report: EvalReport | dict[str, Any], json_path: str | Path | None = None) -> None:
+    """What every eval CLI ends with: the table on stdout and, if asked, the JSON report."""
+    print(format_table(report))  # the CLI's result output, not a log line
+    if json_path:
+        write_json(report, json_path)
+        logger.info("wrote %s", json_path)
+
+
 def _atomic_write(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
