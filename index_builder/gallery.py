@@ -1,0 +1,171 @@
+"""A gallery directory: manifest + MultiVectorIndex + thumbnails + last report, and how to open one.
+
+Layout (see /work/helpers/INGEST_API.md)::
+
+    OUT/manifest.json   model name/fingerprint/ref, vector layout, build parameters
+    OUT/index/          metaembed.index.MultiVectorIndex.save() output, committed atomically per chunk
+    OUT/thumbs/         <id>.webp for the UI
+    OUT/report.json     the last build/add run's BuildReport
+
+The index lives in a sub-folder so that its atomic whole-folder save can never clobber thumbnails or reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from index_builder.errors import GalleryError
+from index_builder.storage import write_json_atomic
+from metaembed.index import MultiVectorIndex, dtype_name
+from metaembed.models import MetaEmbedEncoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "metaembed-gallery"
+VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_DIR = "index"
+THUMBS_DIR = "thumbs"
+REPORT = "report.json"
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def thumb_name(item_id: str) -> str:
+    """Thumbnail file name for an item id (ids are hex + "-p0003", already file-name safe)."""
+    return f"{item_id}.webp"
+
+
+@dataclass
+class Gallery:
+    """An opened gallery: ``index`` is the live MultiVectorIndex, ``manifest`` the parsed manifest.json."""
+
+    dir: Path
+    manifest: dict[str, Any]
+    index: MultiVectorIndex
+
+    # -- opening -------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | Path) -> Gallery:
+        """Open an existing gallery; a missing or foreign directory raises :class:`GalleryError`."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        index_dir = directory / INDEX_DIR
+        if index_dir.exists():
+            index = _load_index(index_dir)
+        else:  # created, but interrupted before the first chunk was committed
+            index = _new_index(manifest)
+        return cls(directory, manifest, index)
+
+    @classmethod
+    def open_or_create(
+        cls, directory: str | Path, encoder: MetaEmbedEncoder, model_ref: str | None, dtype: torch.dtype,
+        params: dict[str, Any],
+    ) -> Gallery:
+        """Resume the gallery in ``directory`` (same model required) or start a new one there."""
+        directory = Path(directory)
+        if dtype not in _DTYPES.values():
+            raise GalleryError(f"unsupported vector dtype {dtype}; use one of {', '.join(_DTYPES)}")
+        if (directory / MANIFEST).exists():
+            gallery = cls.open(directory)
+            gallery.check_model(encoder)
+            return gallery
+        if directory.exists() and any(directory.iterdir()):
+            raise GalleryError(
+                f"{directory} exists, is not empty and is not a gallery (no {MANIFEST}); refusing to write"
+            )
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": {"name": encoder.name, "fingerprint": encoder.fingerprint(), "ref": model_ref},
+            "dim": int(encoder.dim),
+            "r_c": int(encoder.num_candidate_tokens),
+            "dtype": dtype_name(dtype),
+            "params": params,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / MANIFEST, manifest)
+        return cls(directory, manifest, _new_index(manifest))
+
+    # -- model ---------------------------------------------------------------------------------------
+    @property
+    def index_dtype(self) -> torch.dtype:
+        return _DTYPES[self.manifest["dtype"]]
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["model"]["fingerprint"])
+
+    def check_model(self, encoder: MetaEmbedEncoder) -> None:
+        """Refuse to mix vectors from two models: scores across them are meaningless."""
+        got = encoder.fingerprint()
+        if got != self.fingerprint:
+            raise GalleryError(
+                f"{self.dir} was built with model {self.manifest['model']['name']!r} (fingerprint {self.fingerprint}); "
+                f"the given model {encoder.name!r} has fingerprint {got}. Use the same model or build a new gallery."
+            )
+
+    # -- items ---------------------------------------------------------------------------------------
+    def thumbnail(self, item_id: str) -> Path | None:
+        """Absolute path of an item's thumbnail, or None when it is missing."""
+        rel = self.index.get_metadata(item_id).get("thumbnail")
+        path = self.dir / rel if rel else None
+        return path if path is not None and path.is_file() else None
+
+    def source(self, item_id: str) -> Path | None:
+        """The original file (image or PDF) of an item, or None when it has moved."""
+        rel = self.index.get_metadata(item_id).get("path")
+        path = (self.dir / rel) if rel else None
+        return path if path is not None and path.is_file() else None
+
+    def commit(self) -> None:
+        """Persist the index atomically (the lead's save writes a temp folder and swaps it in)."""
+        self.index.save(self.dir / INDEX_DIR)
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        write_json_atomic(self.dir / REPORT, report)
+
+    def relpath(self, path: Path) -> str:
+        """``path`` relative to the gallery folder (posix), so a gallery can be moved with its sources."""
+        return Path(os.path.relpath(path.resolve(), self.dir.resolve())).as_posix()
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise GalleryError(f"{directory} is not a gallery: {MANIFEST} not found (create one with `build`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise GalleryError(f"{path} is unreadable: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise GalleryError(f"{path} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise GalleryError(f"{path} has format version {manifest.get('version')}; this code reads {VERSION}")
+    return manifest
+
+
+def _new_index(manifest: dict[str, Any]) -> MultiVectorIndex:
+    return MultiVectorIndex(
+        dim=int(manifest["dim"]),
+        num_vectors=int(manifest["r_c"]),
+        dtype=_DTYPES[manifest["dtype"]],
+        model_name=manifest["model"]["name"],
+        model_fingerprint=manifest["model"]["fingerprint"],
+    )
+
+
+def _load_index(index_dir: Path) -> MultiVectorIndex:
+    try:
+        return MultiVectorIndex.load(index_dir)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:  # the index's own errors subclass these
+        raise GalleryError(f"index in {index_dir} cannot be loaded: {err}") from None

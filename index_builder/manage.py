@@ -1,0 +1,245 @@
+"""remove / info / verify / load_gallery: everything done to a gallery after it is built."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from index_builder.builder import candidate_item
+from index_builder.errors import GalleryError, InputSkipped
+from index_builder.gallery import MANIFEST, THUMBS_DIR, Gallery
+from index_builder.images import load_image
+from index_builder.pdf import iter_pages
+from metaembed.budget import TRAINED_GROUPS
+from metaembed.models import MetaEmbedEncoder, ModelLoadError, load_encoder
+
+logger = logging.getLogger(__name__)
+
+#: Stored vectors are L2-normalised; bf16 rounding moves a norm by well under this.
+NORM_TOLERANCE = 0.02
+#: bf16 storage keeps a vector's cosine with its fp32 original above ~0.999; a different model or
+#: preprocessing falls far below.
+REENCODE_MIN_COSINE = 0.99
+
+
+def load_gallery(out_dir: str | Path) -> Gallery:
+    """Open a gallery for searching (the app's entry point): index + thumbnails + sources."""
+    return Gallery.open(out_dir)
+
+
+def remove(out_dir: str | Path, ids_or_sources: Sequence[str]) -> int:
+    """Remove items by id, or every item of a source path (all pages of a PDF); returns the number removed.
+
+    Nothing is removed when any argument matches no item, so a typo cannot half-apply.
+    """
+    gallery = Gallery.open(out_dir)
+    ids = list(gallery.index.ids)
+    by_source: dict[str, list[str]] = {}
+    for item_id in ids:
+        meta = gallery.index.get_metadata(item_id)
+        for key in (meta.get("source"), meta.get("path")):
+            if key:
+                by_source.setdefault(key, []).append(item_id)
+    present, chosen, unknown = set(ids), [], []
+    for arg in ids_or_sources:
+        matched = [arg] if arg in present else by_source.get(arg) or by_source.get(Path(arg).as_posix(), [])
+        if not matched:
+            resolved = Path(arg).resolve()
+            matched = [i for i in ids if (gallery.dir / gallery.index.get_metadata(i).get("path", "")).resolve()
+                       == resolved]
+        (chosen.extend(matched) if matched else unknown.append(arg))
+    if unknown:
+        raise GalleryError(f"no item in {out_dir} has id or source {', '.join(map(repr, unknown))}; nothing removed")
+    chosen = list(dict.fromkeys(chosen))
+    thumbs = [gallery.index.get_metadata(i).get("thumbnail") for i in chosen]
+    removed = gallery.index.remove(chosen)
+    gallery.commit()
+    for rel in thumbs:  # after the commit: a crash in between leaves orphans, never dangling references
+        if rel:
+            (gallery.dir / rel).unlink(missing_ok=True)
+    return int(removed)
+
+
+@dataclass
+class GalleryInfo:
+    """What `info` prints; ``bytes_per_budget`` is what one query reads at each trained budget."""
+
+    path: str
+    items: int
+    images: int
+    pages: int
+    documents: int
+    dim: int
+    r_c: int
+    dtype: str
+    stored_bytes: int
+    bytes_per_budget: dict[str, int]
+    model_name: str
+    model_fingerprint: str
+    model_ref: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def info(out_dir: str | Path) -> GalleryInfo:
+    gallery = Gallery.open(out_dir)
+    metas = [gallery.index.get_metadata(i) for i in gallery.index.ids]
+    pdf_pages = [m for m in metas if m.get("kind") == "pdf-page"]
+    return GalleryInfo(
+        path=str(out_dir),
+        items=len(metas),
+        images=len(metas) - len(pdf_pages),
+        pages=len(pdf_pages),
+        documents=len({m.get("sha256") for m in pdf_pages}),
+        dim=int(gallery.manifest["dim"]),
+        r_c=int(gallery.manifest["r_c"]),
+        dtype=str(gallery.manifest["dtype"]),
+        stored_bytes=int(gallery.index.stored_bytes),
+        bytes_per_budget={str(b): int(gallery.index.bytes_read(b)) for b in TRAINED_GROUPS},
+        model_name=str(gallery.manifest["model"]["name"]),
+        model_fingerprint=gallery.fingerprint,
+        model_ref=gallery.manifest["model"].get("ref"),
+    )
+
+
+@dataclass
+class VerifyReport:
+    """``ok`` is False when any problem was found; warnings (moved sources, orphan thumbnails) do not fail."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked_items: int = 0
+    model_checked: bool = False
+    reencoded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def verify(
+    out_dir: str | Path, encoder: MetaEmbedEncoder | str | Path | None = None, *, load_model: bool = True,
+    reencode: int = 0,
+) -> VerifyReport:
+    """Check the gallery reads, every vector is finite and unit-norm, files exist, and the model matches.
+
+    The model is ``encoder`` if given, else the one recorded in the manifest (when ``load_model``).
+    ``reencode`` > 0 also re-encodes that many items (spread over the gallery) from their source files
+    and compares them with the stored vectors: the fingerprint proves the weights match, this proves
+    the whole pipeline (preprocessing, instructions) still produces the stored vectors.
+    """
+    report = VerifyReport()
+    try:
+        gallery = Gallery.open(out_dir)
+    except GalleryError as err:
+        report.problems.append(str(err))
+        return report
+    _check_items(gallery, report)
+    model = _check_model(gallery, encoder, load_model, report)
+    if model is not None and reencode > 0 and report.ok:
+        _check_reencode(gallery, model, reencode, report)
+    return report
+
+
+def _check_items(gallery: Gallery, report: VerifyReport) -> None:
+    index, expected = gallery.index, (int(gallery.manifest["r_c"]), int(gallery.manifest["dim"]))
+    if getattr(index, "model_fingerprint", gallery.fingerprint) != gallery.fingerprint:
+        report.problems.append(f"index fingerprint {index.model_fingerprint} != {MANIFEST} {gallery.fingerprint}")
+    referenced = set()
+    for item_id in index.ids:
+        report.checked_items += 1
+        meta = index.get_metadata(item_id)
+        vectors = index.get_vectors(item_id)
+        if tuple(vectors.shape) != expected:
+            report.problems.append(f"{item_id}: vectors of shape {tuple(vectors.shape)}, expected {expected}")
+            continue
+        norms = vectors.float().norm(dim=-1)
+        if not bool(vectors.isfinite().all()) or float((norms - 1).abs().max()) > NORM_TOLERANCE:
+            report.problems.append(f"{item_id}: vectors are not finite unit vectors (norms {norms.min():.3f}"
+                                   f"..{norms.max():.3f})")
+        for key in ("kind", "source", "sha256", "thumbnail"):
+            if not meta.get(key):
+                report.problems.append(f"{item_id}: metadata lacks {key!r}")
+        thumb = meta.get("thumbnail")
+        if thumb:
+            referenced.add(Path(thumb).name)
+            if not (gallery.dir / thumb).is_file():
+                report.problems.append(f"{item_id}: thumbnail {thumb} missing")
+        if gallery.source(item_id) is None:
+            report.warnings.append(f"{item_id}: source file {meta.get('path')} not found (moved?)")
+    thumbs_dir = gallery.dir / THUMBS_DIR
+    if thumbs_dir.is_dir():
+        orphans = sorted(p.name for p in thumbs_dir.iterdir() if p.name not in referenced)
+        if orphans:
+            report.warnings.append(f"{len(orphans)} thumbnails belong to no item (an interrupted build): {orphans[:3]}")
+
+
+def _check_model(
+    gallery: Gallery, encoder: MetaEmbedEncoder | str | Path | None, load_model: bool, report: VerifyReport
+) -> MetaEmbedEncoder | None:
+    """Compare the model's fingerprint and shape with the gallery's; returns the model when loaded."""
+    if encoder is None and load_model:
+        encoder = gallery.manifest["model"].get("ref")
+        if encoder is None:
+            report.warnings.append("the manifest records no model location; model not checked")
+            return None
+    if encoder is None:
+        return None
+    if not isinstance(encoder, MetaEmbedEncoder):
+        try:
+            encoder = load_encoder(encoder)
+        except ModelLoadError as err:
+            report.problems.append(f"model {encoder!r} cannot be loaded: {err}")
+            return None
+    got, want = encoder.fingerprint(), gallery.fingerprint
+    report.model_checked = True
+    if got != want:
+        report.problems.append(f"model {encoder.name!r} has fingerprint {got}; the gallery was built with {want}")
+    if (encoder.dim, encoder.num_candidate_tokens) != (gallery.manifest["dim"], gallery.manifest["r_c"]):
+        report.problems.append("model dimensions differ from the gallery's")
+    return encoder
+
+
+def _check_reencode(gallery: Gallery, encoder: MetaEmbedEncoder, n: int, report: VerifyReport) -> None:
+    ids = gallery.index.ids
+    picks = ids[:: max(1, len(ids) // n)][:n]
+    items, kept = [], []
+    for item_id in picks:
+        meta, source = gallery.index.get_metadata(item_id), gallery.source(item_id)
+        if source is None:
+            continue  # already a warning
+        is_page = meta.get("kind") == "pdf-page"
+        try:
+            if is_page:
+                page = next(iter_pages(source, [int(meta["page"])], int(gallery.manifest["params"]["dpi"])))
+                if isinstance(page, tuple):
+                    raise page[1]
+                image, text = page.image, meta.get("text")
+            else:
+                image, text = load_image(source), meta.get("caption")
+        except InputSkipped as err:
+            report.problems.append(f"{item_id}: source {meta.get('path')} no longer decodes: {err}")
+            continue
+        items.append(candidate_item(is_page, image, text, item_id))
+        kept.append(item_id)
+    if not items:
+        return
+    batch_size = int(gallery.manifest["params"].get("batch_size", 16))
+    fresh = encoder.encode_candidates(items, batch_size=batch_size)
+    for item_id, vectors in zip(kept, fresh, strict=True):
+        cosine = torch.nn.functional.cosine_similarity(gallery.index.get_vectors(item_id), vectors, dim=-1)
+        if float(cosine.min()) < REENCODE_MIN_COSINE:
+            report.problems.append(f"{item_id}: re-encoded vectors differ from the stored ones "
+                                   f"(min cosine {float(cosine.min()):.3f} < {REENCODE_MIN_COSINE})")
+    report.reencoded = len(kept)
+
+
