@@ -93,14 +93,28 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _read_consistent(directory: Path, attempts: int = 3) -> tuple[dict[str, Any], bytes]:
+    """Manifest plus the bytes of the vectors file it names.
+
+    A writer may commit a new manifest and delete the old vectors file between our two reads; then the
+    manifest has changed and we read again. A file that stays missing is a broken index.
+    """
+    for _ in range(attempts):
+        manifest = read_manifest(directory)
+        path = directory / str(manifest.get("vectors_file", ""))
+        try:
+            return manifest, path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            if read_manifest(directory) == manifest:
+                break
+    raise IndexLoadError(f"{path} is missing: the index in {directory} is incomplete")
+
+
 def read_index(directory: str | Path, verify: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
     """Load ``(vectors, manifest)``; with ``verify`` the vectors file's SHA-256 must match the manifest."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest, data = _read_consistent(directory)
     path = directory / str(manifest.get("vectors_file", ""))
-    if not path.is_file():
-        raise IndexLoadError(f"{path} is missing: the index in {directory} is incomplete")
-    data = path.read_bytes()
     if verify and hashlib.sha256(data).hexdigest() != manifest.get("vectors_sha256"):
         raise IndexLoadError(f"{path} does not match its checksum in {MANIFEST}: truncated or corrupt")
     try:

@@ -164,3 +164,24 @@ def test_hnsw_above_threshold_and_first_stage_larger_than_index():
     index, _ = make_index(n=20)
     q = unit(16, 32, generator=g)
     assert index.search(q, Budget(2, 4), k=5, first_stage=50).ids == index.search(q, Budget(2, 4), k=5).ids
+
+
+def test_reader_retries_when_a_writer_commits_between_its_reads(tmp_path, monkeypatch):
+    """Manifest read, then a writer replaces the index and deletes the old vectors file: load still works."""
+    import metaembed.store as store
+
+    old, _ = make_index(n=5, seed=1)
+    new, _ = make_index(n=7, seed=2)
+    old.save(tmp_path)
+    real_read_manifest = store.read_manifest
+    calls = {"n": 0}
+
+    def racing_read_manifest(directory):
+        manifest = real_read_manifest(directory)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            new.save(tmp_path)  # commits a new manifest and removes the old vectors file
+        return manifest
+
+    monkeypatch.setattr(store, "read_manifest", racing_read_manifest)
+    assert len(MultiVectorIndex.load(tmp_path)) == 7
