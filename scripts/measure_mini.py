@@ -159,6 +159,7 @@ def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], ou
     labels = [str(b) for b in TRAINED_GROUPS]
     colors = {"mmr": "#1f77b4", "mmr-45": "#17becf", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
               "minilm": "#9467bd", "lit": "#d62728"}
+    shown: set[str] = set()  # one legend entry per series, even for baselines that appear in one panel only
     for col, name in enumerate(SETS, start=1):
         for model, per_set in results.items():
             rows = per_set[name]["results"]
@@ -172,8 +173,9 @@ def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], ou
         for baseline, per_set in base.items():
             if name in per_set:
                 fig.add_trace(go.Scatter(x=labels, y=[headline(per_set[name], None)] * len(labels), name=baseline,
-                                         legendgroup=baseline, showlegend=col == 1, mode="lines",
+                                         legendgroup=baseline, showlegend=baseline not in shown, mode="lines",
                                          line={"color": colors[baseline], "dash": "dash"}), row=1, col=col)
+                shown.add(baseline)
     fig.update_layout(width=1500, height=420, title="MetaEmbed-Mini: quality vs budget (r_q, r_c)")
     written = []
     html = out.with_suffix(".html")
