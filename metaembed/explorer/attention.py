@@ -19,6 +19,7 @@ from PIL import Image
 
 from metaembed.explorer.errors import ExplorerError
 from metaembed.models import Item, MetaEmbedEncoder
+from metaembed.models.mini import letterbox
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,6 @@ def supports_attention(encoder: MetaEmbedEncoder) -> bool:
         hasattr(encoder, name) for name in ("_layer", "lm", "image_features", "image_size", "num_heads"))
 
 
-def _letterbox(image: Image.Image, size: int) -> Image.Image:
-    """The same white letterbox the Mini encoder applies (so the grid lines up with the picture)."""
-    image = image.convert("RGB")
-    scale = size / max(image.size)
-    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                           Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
-    return canvas
-
-
 @torch.inference_mode()
 def candidate_attention(encoder: MetaEmbedEncoder, image: Image.Image, text: str | None = None,
                         instruction: str | None = None) -> AttentionMaps:
@@ -53,7 +43,7 @@ def candidate_attention(encoder: MetaEmbedEncoder, image: Image.Image, text: str
     item = Item(text=text, image=image, instruction=instruction)
     if hasattr(encoder, "candidate_attention"):
         maps = encoder.candidate_attention(item)
-        return AttentionMaps(maps=maps.float().cpu(), canvas=_letterbox(image, int(getattr(encoder, "image_size",
+        return AttentionMaps(maps=maps.float().cpu(), canvas=letterbox(image, int(getattr(encoder, "image_size",
                                                                                                max(image.size)))))
     if not supports_attention(encoder):
         raise ExplorerError(f"the {encoder.backend} backend does not expose attention; the overlay is unavailable")
@@ -81,7 +71,7 @@ def candidate_attention(encoder: MetaEmbedEncoder, image: Image.Image, text: str
     r_c = encoder.num_candidate_tokens
     # A single item has no padding: [CLS] visual tokens text [SEP] | Meta Tokens.
     maps = probs[-r_c:, 1:1 + n_vis].reshape(r_c, grid, grid).float().cpu()
-    return AttentionMaps(maps=maps, canvas=_letterbox(image, int(encoder.image_size)))
+    return AttentionMaps(maps=maps, canvas=letterbox(image, int(encoder.image_size)))
 
 
 def overlay(attn: AttentionMaps, tokens: list[int], alpha: float = 0.55) -> Image.Image:

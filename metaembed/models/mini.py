@@ -102,14 +102,20 @@ def _load_efficientnet() -> torch.nn.Module:
                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
-    """Letterbox on white to ``size`` x ``size`` (keeps the aspect ratio of stamps and pages), normalise."""
+def letterbox(image: Image.Image, size: int) -> Image.Image:
+    """``size`` x ``size`` RGB on white, aspect ratio kept (stamps and pages are rarely square)."""
     image = image.convert("RGB")
     scale = size / max(image.size)
     resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                            Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
     canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
+    return canvas
+
+
+def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
+    """Letterbox to ``size`` x ``size`` and normalise as EfficientNet-Lite expects."""
+    canvas = letterbox(image, size)
     pixels = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(size, size, 3)
     return (pixels.permute(2, 0, 1).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
