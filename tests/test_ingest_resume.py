@@ -56,7 +56,10 @@ def _start_build(inputs: Path, out: Path, model: Path) -> subprocess.Popen:
     code = CHILD.format(tests=str(TESTS), repo=str(REPO))
     cmd = [sys.executable, "-c", code, "build", str(inputs), "--out", str(out), "--model", str(model),
            "--batch-size", "2", "--chunk-size", "4", "--no-progress"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background (nohup, CI runners) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt: give the child the default disposition, as an interactive shell would.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _committed(out: Path) -> int:
