@@ -38,13 +38,10 @@ logger = logging.getLogger("measure_mini")
 SETS = ("tux-t2i", "tux-i2t", "fmnist-cls", "rdocs")
 SET_PATHS = {"tux-t2i": "tux-t2i", "tux-i2t": "tux-i2t/tux-i2t.jsonl", "fmnist-cls": "fmnist-cls/fmnist-cls.jsonl",
              "rdocs": "rdocs"}
-#: The shipped model (configs/mini.yaml, 300 steps) and the identically trained ablation triple (45 steps:
-#: configs/mini-no-mmr.yaml, configs/mini-single-vector.yaml and configs/mini.yaml run with --steps 45).
-MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "mmr-45": REPO / "runs" / "mini-45" / "model",
-          "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
+#: The shipped model and its two ablations, trained identically (configs/mini*.yaml: same data, steps, seed).
+MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
           "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
-LABELS = {"mmr": "mmr, shipped (300 steps)", "mmr-45": "mmr (45 steps)", "no-mmr": "no-mmr (45 steps)",
-          "single-vector": "single-vector (45 steps)"}
+LABELS = {"mmr": "mmr (shipped)", "no-mmr": "no-mmr", "single-vector": "single-vector"}
 #: The quality test's fixed subset: eval sets rebuilt from the Debian data with this builder --limit.
 SUBSET_LIMIT = 30
 SUBSET_FILE = REPO / "assets" / "metaembed-mini" / "eval_subset.json"
@@ -119,18 +116,13 @@ def _metric_name(name: str) -> str:
 
 
 def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's five targets, each with the measured figures and a pass flag.
-
-    Targets 2 and 3 compare identically trained models (the 45-step triple); 1, 4 and 5 judge the shipped one.
-    """
+    """The issue's five targets, each with the measured figures and a pass flag."""
     mmr, nommr, single = results["mmr"], results["no-mmr"], results["single-vector"]
-    mmr_same = results["mmr-45"]
     full, one = Budget(16, 64), Budget(1, 1)
     curves = {s: [headline(mmr[s], b) for b in TRAINED_GROUPS] for s in SETS}
     monotone = {s: all(b >= a - 0.5 for a, b in zip(v, v[1:])) for s, v in curves.items()}
-    gap = sum(headline(mmr_same[s], one) - headline(nommr[s], one) for s in SETS) / len(SETS)
-    vs_single = {s: headline(mmr_same[s], full) - headline(single[s], one) for s in SETS}
-    shipped_vs_single = {s: headline(mmr[s], full) - headline(single[s], one) for s in SETS}
+    gap = sum(headline(mmr[s], one) - headline(nommr[s], one) for s in SETS) / len(SETS)
+    vs_single = {s: headline(mmr[s], full) - headline(single[s], one) for s in SETS}
     tux_r1 = 100 * _row(mmr["tux-t2i"], full)["metrics"]["recall@1"]
     lit_r1 = 100 * base["lit"]["tux-t2i"]["results"][0]["metrics"]["recall@1"]
     rdocs = headline(mmr["rdocs"], full)
@@ -138,8 +130,7 @@ def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]])
     return {
         "1_non_decreasing": {"curves": curves, "pass": all(monotone.values()), "per_set": monotone},
         "2_mmr_vs_nommr_at_1x1": {"avg_gap_points": gap, "pass": gap >= 3.0},
-        "3_beats_single_vector_at_16x64": {"gaps": vs_single, "pass": all(v > 0 for v in vs_single.values()),
-                                           "shipped_gaps": shipped_vs_single},
+        "3_beats_single_vector_at_16x64": {"gaps": vs_single, "pass": all(v > 0 for v in vs_single.values())},
         "4_tux_t2i_r1_vs_lit": {"mmr_r1": tux_r1, "lit_r1": lit_r1, "ratio": tux_r1 / max(lit_r1, 1e-9),
                                 "pass": tux_r1 >= 2 * lit_r1},
         "5_rdocs_vs_text_baselines": {"mmr": rdocs, "best_baseline": rdocs_base, "pass": rdocs >= rdocs_base},
@@ -157,7 +148,7 @@ def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], ou
 
     fig = make_subplots(rows=1, cols=len(SETS), subplot_titles=[f"{s} ({_metric_name(s)})" for s in SETS])
     labels = [str(b) for b in TRAINED_GROUPS]
-    colors = {"mmr": "#1f77b4", "mmr-45": "#17becf", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
+    colors = {"mmr": "#1f77b4", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
               "minilm": "#9467bd", "lit": "#d62728"}
     shown: set[str] = set()  # one legend entry per series, even for baselines that appear in one panel only
     for col, name in enumerate(SETS, start=1):
@@ -211,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = {name: json.loads((out / f"mini-{name}.json").read_text()) for name in MODELS}
     base = json.loads((out / "baselines.json").read_text())
     summary = {"commands": ["python scripts/measure_mini.py baselines",
-                            "python scripts/measure_mini.py sweep --models mmr mmr-45 no-mmr single-vector",
+                            "python scripts/measure_mini.py sweep --models mmr no-mmr single-vector",
                             "python scripts/measure_mini.py report"],
                "targets": targets(results, base)}
     (out / "mini.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
