@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from metaembed import store
 from metaembed.budget import Budget
 from metaembed.scoring import maxsim, topk
 from metaembed.store import IndexLoadError
+
+if TYPE_CHECKING:  # faiss is imported only when a first stage is first used
+    from metaembed.first_stage import TokenZeroIndex
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +196,7 @@ class MultiVectorIndex:
             for v, p in zip(values, positions, strict=True)
         ]
 
-    def first_stage_index(self):  # noqa: ANN201 - returns first_stage.TokenZeroIndex, imported lazily
+    def first_stage_index(self) -> TokenZeroIndex:
         """The FAISS token-0 index, built on first use after any change (not counted in query timings)."""
         if self._first_stage is None:
             from metaembed.first_stage import TokenZeroIndex  # faiss loads only when asked for

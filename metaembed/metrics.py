@@ -24,13 +24,12 @@ def pessimistic_ranking(scores: Mapping[str, float], relevant: Mapping[str, int]
     return sorted(scores, key=lambda doc: (-scores[doc], relevant.get(doc, 0) > 0, doc))
 
 
-def _ranked_run(run: Run, qrels: Qrels, depth: int | None = None) -> dict[str, dict[str, float]]:
-    """Replace scores by rank-derived, tie-free scores so trec_eval sees our pessimistic order."""
-    ranked: dict[str, dict[str, float]] = {}
-    for qid, scores in run.items():
-        order = pessimistic_ranking(scores, qrels.get(qid, {}))[:depth]
-        ranked[qid] = {doc: float(len(order) - rank) for rank, doc in enumerate(order)}
-    return ranked
+def _as_run(orders: Mapping[str, list[str]], depth: int | None = None) -> dict[str, dict[str, float]]:
+    """Rank-derived, tie-free scores so trec_eval sees our pessimistic order (cut at ``depth``)."""
+    return {
+        qid: {doc: float(len(order[:depth]) - rank) for rank, doc in enumerate(order[:depth])}
+        for qid, order in orders.items()
+    }
 
 
 def evaluate(run: Run, qrels: Qrels, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, ndcg_cutoffs: Sequence[int] = (5, 10)
@@ -41,14 +40,14 @@ def evaluate(run: Run, qrels: Qrels, cutoffs: Sequence[int] = DEFAULT_CUTOFFS, n
     """
     if not qrels:
         raise ValueError("qrels is empty: nothing to evaluate")
-    full_run = {qid: dict(run.get(qid, {})) for qid in qrels}
+    orders = {qid: pessimistic_ranking(run.get(qid, {}), qrels[qid]) for qid in qrels}
     measures = {
         "ndcg_cut." + ",".join(map(str, ndcg_cutoffs)),
         "recall." + ",".join(map(str, cutoffs)),
         "success." + ",".join(map(str, cutoffs)),
     }
-    per_query = pytrec_eval.RelevanceEvaluator(dict(qrels), measures).evaluate(_ranked_run(full_run, qrels))
-    mrr = pytrec_eval.RelevanceEvaluator(dict(qrels), {"recip_rank"}).evaluate(_ranked_run(full_run, qrels, 10))
+    per_query = pytrec_eval.RelevanceEvaluator(dict(qrels), measures).evaluate(_as_run(orders))
+    mrr = pytrec_eval.RelevanceEvaluator(dict(qrels), {"recip_rank"}).evaluate(_as_run(orders, 10))
     out: dict[str, float] = {}
     names = [(f"ndcg@{k}", f"ndcg_cut_{k}") for k in ndcg_cutoffs]
     names += [(f"recall@{k}", f"recall_{k}") for k in cutoffs] + [(f"hit@{k}", f"success_{k}") for k in cutoffs]
