@@ -6,6 +6,8 @@
     python scripts/measure_mini.py report             # -> benchmarks/results/mini.{md,json,png,html}
     # the fixed small subset the quality test re-runs (records assets/metaembed-mini/eval_subset.json)
     python scripts/measure_mini.py subset
+    # model / recipe selection: the held-out Open Clip Art dev sets only (never the test sets)
+    python scripts/measure_mini.py dev --models assets/metaembed-mini runs/other/model
 
 The three models share one frozen EfficientNet, so image features are computed once and reused
 (keyed by image path, kept in runs/feature-cache/) across models: a sweep costs one feature pass.
@@ -37,7 +39,8 @@ logger = logging.getLogger("measure_mini")
 
 SETS = ("tux-t2i", "tux-i2t", "fmnist-cls", "rdocs")
 SET_PATHS = {"tux-t2i": "tux-t2i", "tux-i2t": "tux-i2t/tux-i2t.jsonl", "fmnist-cls": "fmnist-cls/fmnist-cls.jsonl",
-             "rdocs": "rdocs"}
+             "rdocs": "rdocs", "oca-dev-t2i": "oca-dev-t2i", "oca-dev-i2t": "oca-dev-i2t/oca-dev-i2t.jsonl"}
+DEV_SETS = ("oca-dev-t2i", "oca-dev-i2t")
 #: The shipped model and its two ablations, trained identically (configs/mini*.yaml: same data, steps, seed).
 MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
           "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
@@ -214,19 +217,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def points(reports: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Main metric per set and budget, in points, from ``sweep_model``'s reports."""
+    return {name: {f"{r['r_q']}x{r['r_c']}": 100.0 * r["metrics"][report["main_metric"]] for r in report["results"]}
+            for name, report in reports.items()}
+
+
 def measure_subset(model: MetaEmbedEncoder, root: Path) -> dict[str, dict[str, float]]:
     """Main metric per set and budget (points) on the fixed subset under ``root`` (built with SUBSET_LIMIT)."""
-    out: dict[str, dict[str, float]] = {}
-    for name, report in sweep_model(model, root).items():
-        out[name] = {f"{r['r_q']}x{r['r_c']}": 100.0 * r["metrics"][report["main_metric"]] for r in report["results"]}
-    return out
+    return points(sweep_model(model, root))
 
 
 def build_subset(root: Path) -> Path:
     """The eval sets rebuilt from the Debian packages with the builders' --limit (what the test re-runs)."""
     from metaembed.datasets.build import build
 
-    build(root, limit=SUBSET_LIMIT)
+    build(root, only=SETS, limit=SUBSET_LIMIT)
     return root
 
 
@@ -239,6 +245,21 @@ def cmd_subset(args: argparse.Namespace) -> int:
     path = Path(args.output)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(json.dumps(record))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Recipe choices are made here, on Open Clip Art's held-out dev split, never on the test sets."""
+    cache_file = Path(args.feature_cache)
+    cache = load_feature_cache(cache_file)
+    figures = {}
+    for path in args.models:
+        model = load_encoder(path, device="cpu")
+        model.enable_feature_cache(cache)
+        figures[path] = points(sweep_model(model, Path(args.data), DEV_SETS))
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        save_feature_cache(cache, cache_file)
+    print(json.dumps(figures))
     return 0
 
 
@@ -260,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     subset = sub.add_parser("subset", help="record the quality test's subset figures for the shipped model")
     subset.add_argument("--model", default=None)
     subset.add_argument("--output", default=str(SUBSET_FILE))
+    dev = sub.add_parser("dev", help="main metric per budget on the held-out Open Clip Art dev sets")
+    dev.add_argument("--models", nargs="+", required=True, help="model folders (safetensors + JSON config)")
+    dev.add_argument("--data", default=str(REPO / "data" / "eval"))
+    dev.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "dev-192-g3.safetensors"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -267,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "baselines":
         write_baselines(Path(args.data), Path(args.cache), Path(args.out))
         return 0
-    return {"sweep": cmd_sweep, "report": cmd_report, "subset": cmd_subset}[args.command](args)
+    return {"sweep": cmd_sweep, "report": cmd_report, "subset": cmd_subset, "dev": cmd_dev}[args.command](args)
 
 
 if __name__ == "__main__":

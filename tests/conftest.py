@@ -16,6 +16,13 @@ def unit(*shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
 
 
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where the Qwen backend and trainer tests run: CPU in CI; ``METAEMBED_TEST_DEVICE=cuda`` runs the
+    same tests on a GPU (bf16 autocast paths), which CI machines do not have."""
+    return os.environ.get("METAEMBED_TEST_DEVICE", "cpu")
+
+
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 
 import numpy as np
@@ -98,3 +99,19 @@ def test_openclipart_sources_are_bounded_and_use_same_category_negatives():
             assert folder(e.negative.key) == folder(e.positive.key)
     with pytest.raises(ValueError, match="unknown option"):
         SOURCES["openclipart_i2t"]({"limt": 3})
+
+
+def test_openclipart_dev_split_is_held_out_of_training():
+    clips = openclipart.list_clips()
+    dev = openclipart.split(clips, "dev")
+    train = openclipart.split(clips, "train")
+    assert len(dev) == openclipart.DEV_SIZE and len(train) + len(dev) == len(clips)
+    # Independent recomputation: dev = the DEV_SIZE clips with the largest sha1-prefix hash of the key.
+    digest = {c.key: int.from_bytes(hashlib.sha1(c.key.encode()).digest()[:8], "big") for c in clips}
+    assert {c.key for c in dev} == set(sorted(digest, key=digest.get)[-openclipart.DEV_SIZE:])
+    dev_keys = {c.key for c in dev}
+    examples = SOURCES["openclipart_i2t"]({"limit": 300})
+    used = {item.key for e in examples for item in (e.query, e.negative) if item and item.key}
+    assert used and not used & dev_keys
+    with pytest.raises(ValueError, match="unknown Open Clip Art split"):
+        openclipart.split(clips, "test")

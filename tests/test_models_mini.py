@@ -138,6 +138,31 @@ def test_unknown_config_key_is_rejected() -> None:
         MiniMetaEmbed.from_config({"num_query_tokens": 16, "num_candidate_tokens": 64, "lora_rank": 4})
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"mean_residual": "some"}, "mean_residual must be all, first or none"),
+    ({"meta_layers": 3, "visual_layer": 4}, "join before the visual tokens"),
+])
+def test_bad_layouts_are_rejected(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MiniMetaEmbed.from_config({"num_query_tokens": 4, "num_candidate_tokens": 8, "visual_layer": 4, **change})
+
+
+def test_mean_residual_first_touches_vector_zero_only(model: MiniMetaEmbed, photos) -> None:
+    """"first": vector 0 is the "all" readout's (pooled prior kept at (1,1)), the others the plain Meta states."""
+    items = _items(photos)[2:5]
+    saved = model.config["mean_residual"]
+    try:
+        out = {}
+        for mode in ("all", "first", "none"):
+            model.config["mean_residual"] = mode
+            out[mode] = model.encode_candidates(items)
+    finally:
+        model.config["mean_residual"] = saved
+    torch.testing.assert_close(out["first"][:, 0], out["all"][:, 0])
+    torch.testing.assert_close(out["first"][:, 1:], out["none"][:, 1:])
+    assert not torch.allclose(out["all"][:, 1:], out["none"][:, 1:], atol=1e-3)
+
+
 def test_shipped_checkpoint_loads_offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     shipped = REPO / "assets" / "metaembed-mini"

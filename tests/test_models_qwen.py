@@ -88,9 +88,9 @@ def model_cfg(base_dir, **over):
 
 
 @pytest.fixture(scope="module")
-def model(base_dir):
+def model(base_dir, device):
     torch.manual_seed(0)
-    m = QwenMetaEmbed.from_config(model_cfg(base_dir), device="cpu")
+    m = QwenMetaEmbed.from_config(model_cfg(base_dir), device=device)
     with torch.no_grad():  # LoRA B starts at zero; make the adapter matter for save/load checks
         for name, p in m.named_parameters():
             if "lora_B" in name:
@@ -111,11 +111,11 @@ ITEMS = [
 
 def manual_last_hidden(m: QwenMetaEmbed, item: Item, side: str) -> torch.Tensor:
     """Reference: one unpadded item through Qwen's OWN forward (its image merge and its M-RoPE positions)."""
-    inputs = m._inputs([item], side)
+    inputs = {k: v.to(m.device) for k, v in m._inputs([item], side).items()}
     ids = inputs["input_ids"]
-    ext_ids = torch.cat([ids, torch.full((1, 80), m.pad_token_id)], dim=1)
+    ext_ids = torch.cat([ids, torch.full((1, 80), m.pad_token_id, device=ids.device)], dim=1)
     embeds = m.qwen.get_input_embeddings()(ext_ids).clone()
-    embeds[:, -80:] = m.meta_tokens.weight
+    embeds[:, -80:] = m.meta_tokens.weight.to(embeds.dtype)
     extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
     out = m.qwen(
         input_ids=ext_ids,
@@ -128,7 +128,12 @@ def manual_last_hidden(m: QwenMetaEmbed, item: Item, side: str) -> torch.Tensor:
     return out.last_hidden_state[0]
 
 
-def test_layout_text_image_and_both(model):
+def close(device: str, exact: float) -> dict[str, float]:
+    """Tolerance: fp32 on CPU; on CUDA the backend runs in bf16 (about 3 significant digits)."""
+    return {"atol": exact, "rtol": exact if exact < 1e-4 else 0} if device == "cpu" else {"atol": 3e-2, "rtol": 0}
+
+
+def test_layout_text_image_and_both(model, device):
     q = model.encode_queries(ITEMS)
     c = model.encode_candidates(ITEMS)
     assert q.shape == (3, 16, 32) and c.shape == (3, 64, 32) and q.dtype == torch.float32
@@ -137,8 +142,9 @@ def test_layout_text_image_and_both(model):
         with torch.no_grad():
             hidden = torch.nn.functional.normalize(manual_last_hidden(model, item, "query"), dim=-1)
             hidden_c = torch.nn.functional.normalize(manual_last_hidden(model, item, "candidate"), dim=-1)
-        torch.testing.assert_close(q[i], hidden[-80:-64], atol=1e-5, rtol=1e-5)  # 16 positions before the last 64
-        torch.testing.assert_close(c[i], hidden_c[-64:], atol=1e-5, rtol=1e-5)
+        hidden, hidden_c = hidden.float().cpu(), hidden_c.float().cpu()
+        torch.testing.assert_close(q[i], hidden[-80:-64], **close(device, 1e-5))  # 16 positions before the last 64
+        torch.testing.assert_close(c[i], hidden_c[-64:], **close(device, 1e-5))
         assert not torch.allclose(q[i], hidden[-64:-48], atol=1e-3)
     # image, text and image+text give different embeddings; the image really reaches the LLM
     assert (q[0] - q[1]).abs().max() > 1e-3 and (q[1] - q[2]).abs().max() > 1e-3
@@ -165,7 +171,7 @@ def test_meta_token_positions_continue_after_the_input(model):
     assert int(pos[0, 1, -80]) == int(mask[1].sum())  # text-only: plain 0..L-1 positions, pads skipped
 
 
-def test_batch_size_invariance(model):
+def test_batch_size_invariance(model, device):
     items = [
         Item(text="a dog"),
         Item(text="the green house tree car describe picture of a red cat"),
@@ -179,14 +185,14 @@ def test_batch_size_invariance(model):
     batched_q = model.encode_queries(items, batch_size=8)
     batched_c = model.encode_candidates(items, batch_size=8)
     for i, item in enumerate(items):
-        torch.testing.assert_close(model.encode_queries([item])[0], batched_q[i], atol=1e-4, rtol=0)
-        torch.testing.assert_close(model.encode_candidates([item])[0], batched_c[i], atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.encode_queries([item])[0], batched_q[i], **close(device, 1e-4))
+        torch.testing.assert_close(model.encode_candidates([item])[0], batched_c[i], **close(device, 1e-4))
 
 
-def test_gradients_reach_meta_tokens_and_lora_only(base_dir):
+def test_gradients_reach_meta_tokens_and_lora_only(base_dir, device):
     torch.manual_seed(1)
     m = QwenMetaEmbed.from_config(
-        model_cfg(base_dir, num_query_tokens=4, num_candidate_tokens=8, gradient_checkpointing=True), device="cpu"
+        model_cfg(base_dir, num_query_tokens=4, num_candidate_tokens=8, gradient_checkpointing=True), device=device
     )
     trainable = [n for n, p in m.named_parameters() if p.requires_grad]
     assert "meta_tokens.weight" in trainable
@@ -216,11 +222,11 @@ def test_gradients_reach_meta_tokens_and_lora_only(base_dir):
     assert m.meta_tokens.weight.grad[:4].abs().sum() > 0 and m.meta_tokens.weight.grad[4:].abs().sum() > 0
 
 
-def test_save_load_identical_and_clear_errors(model, tmp_path, monkeypatch):
+def test_save_load_identical_and_clear_errors(model, tmp_path, monkeypatch, device):
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["adapter", "config.json", "meta_tokens.safetensors"]
     assert not list((tmp_path / "m" / "adapter").glob("*.bin"))
-    loaded = load_encoder(tmp_path / "m", device="cpu")
+    loaded = load_encoder(tmp_path / "m", device=device)
     assert isinstance(loaded, QwenMetaEmbed) and loaded.name == "MetaEmbed-Qwen2.5-VL"
     assert torch.equal(loaded.encode_queries(ITEMS), model.encode_queries(ITEMS))
     assert torch.equal(loaded.encode_candidates(ITEMS[:2]), model.encode_candidates(ITEMS[:2]))
@@ -231,19 +237,19 @@ def test_save_load_identical_and_clear_errors(model, tmp_path, monkeypatch):
     )
     (tmp_path / "m" / "config.json").write_text(config)
     with pytest.raises(ModelLoadError, match="not available locally.*--local-dir /nowhere/Qwen2.5-VL-3B"):
-        QwenMetaEmbed.from_pretrained(tmp_path / "m", device="cpu")
+        QwenMetaEmbed.from_pretrained(tmp_path / "m", device=device)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     with pytest.raises(ModelLoadError, match="huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"):
-        QwenMetaEmbed.from_config({"base_model": "Qwen/Qwen2.5-VL-3B-Instruct"}, device="cpu")
+        QwenMetaEmbed.from_config({"base_model": "Qwen/Qwen2.5-VL-3B-Instruct"}, device=device)
     (tmp_path / "m" / "meta_tokens.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="meta_tokens.safetensors is missing"):
-        QwenMetaEmbed.from_pretrained(tmp_path / "m", device="cpu")
+        QwenMetaEmbed.from_pretrained(tmp_path / "m", device=device)
     with pytest.raises(ValueError, match="unknown qwen2_5_vl model setting 'lora_rank'"):
         QwenMetaEmbed.from_config(model_cfg(model.config["base_model"], lora_rank=4))
 
 
-def test_trainer_runs_qwen_backend_and_resumes(base_dir, tmp_path):
+def test_trainer_runs_qwen_backend_and_resumes(base_dir, tmp_path, device):
     def source(options):
         words = ["red cat", "blue car", "green tree", "a dog"]
         return [
@@ -268,11 +274,11 @@ def test_trainer_runs_qwen_backend_and_resumes(base_dir, tmp_path):
         "checkpoint_dir": str(tmp_path / "ck"),
         "checkpoint_every": 1,
     }
-    trainer = Trainer(config_from_dict(raw), registry={"toy": source}, device="cpu")
+    trainer = Trainer(config_from_dict(raw), registry={"toy": source}, device=device)
     trainer.train()
-    resumed = Trainer(config_from_dict(raw | {"steps": 3}), registry={"toy": source}, device="cpu")
+    resumed = Trainer(config_from_dict(raw | {"steps": 3}), registry={"toy": source}, device=device)
     assert resumed.resume() and resumed.step == 2
     for name, p in trainer.params.items():
         assert torch.equal(p, resumed.params[name]), name
-    final = QwenMetaEmbed.from_pretrained(tmp_path / "out", device="cpu")
+    final = QwenMetaEmbed.from_pretrained(tmp_path / "out", device=device)
     torch.testing.assert_close(final.encode_queries(ITEMS[:1]), trainer.model.encode_queries(ITEMS[:1]))

@@ -1,5 +1,8 @@
 """Build the public eval sets (issue 3) from the Debian-packaged data, deterministically and atomically.
 
+Plus two dev sets over Open Clip Art's held-out split (``oca-dev-*``): model and recipe choices are
+made on them, never on the public test sets.
+
 Layouts: BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) or MMEB (``NAME.jsonl``
 rows ``qry_text, qry_img_path, tgt_text[], tgt_img_path[]``, gold first, paths relative to the file).
 Every set also gets ``info.json`` (task, instructions, counts). Same input files -> byte-identical
@@ -14,12 +17,14 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
-from metaembed.datasets import fmnist, manuals, tuxpaint
+from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
 from metaembed.datasets._assets import png_bytes, write_bytes_atomic
 from metaembed.datasets.instructions import (
     CLASSIFICATION,
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 #: Tux Paint photos are stored with their longer side capped here (originals reach 2,348 px).
 TUX_MAX_SIDE = 512
+OCA_MAX_SIDE = 256
 RDOCS_DPI = manuals.DEFAULT_DPI
 RDOCS_QUERIES_PER_PAGE = 3
 
@@ -62,46 +68,83 @@ class _Writer:
         self.bytes("info.json", (json.dumps(info, sort_keys=True, ensure_ascii=False, indent=1) + "\n").encode())
 
 
-def _tux_images(writer: _Writer, stamps: list[tuxpaint.Stamp]) -> dict[str, str]:
-    """Write each test photo (on white, <= TUX_MAX_SIDE px) and return rel -> stored path."""
-    paths = {}
-    for stamp in tqdm(stamps, desc="tux images", leave=False):
-        paths[stamp.rel] = f"images/{stamp.rel}"
-        writer.bytes(paths[stamp.rel], png_bytes(tuxpaint.load_image(stamp, max_side=TUX_MAX_SIDE)))
-    return paths
+@dataclass(frozen=True)
+class _Captioned:
+    """One captioned image of a caption set: id, stored path, caption and how to load the picture."""
+
+    key: str
+    path: str
+    caption: str
+    load: Callable[[], Image.Image]
+
+
+def _tux_items() -> list[_Captioned]:
+    """Tux Paint test split; photos on white, <= TUX_MAX_SIDE px."""
+    return [_Captioned(s.key, f"images/{s.rel}", s.caption,
+                       lambda s=s: tuxpaint.load_image(s, max_side=TUX_MAX_SIDE))
+            for s in tuxpaint.load_split("test")]
+
+
+def _oca_dev_items() -> list[_Captioned]:
+    """Open Clip Art's held-out dev split (``openclipart.split``), clips <= OCA_MAX_SIDE px."""
+    return [_Captioned(c.key, f"images/{c.rel}", c.text,
+                       lambda c=c: openclipart.load_image(c, max_side=OCA_MAX_SIDE))
+            for c in openclipart.split(openclipart.list_clips(), "dev")]
+
+
+def _write_images(writer: _Writer, items: list[_Captioned]) -> None:
+    for item in tqdm(items, desc="images", leave=False):
+        writer.bytes(item.path, png_bytes(item.load()))
+
+
+def _caption_t2i(writer: _Writer, items: list[_Captioned], name: str, description: str) -> dict[str, int]:
+    """Caption -> image (BEIR). Identical captions become one query whose relevant set is every image
+    with that caption (otherwise the "wrong" twin would count as a miss)."""
+    _write_images(writer, items)
+    writer.jsonl("corpus.jsonl", ({"_id": item.key, "image": item.path} for item in items))
+    query_ids: dict[str, str] = {}
+    for item in items:
+        query_ids.setdefault(item.caption, f"q{len(query_ids):04d}")
+    writer.jsonl("queries.jsonl", ({"_id": qid, "text": caption} for caption, qid in query_ids.items()))
+    writer.qrels((query_ids[item.caption], item.key) for item in items)
+    counts = {"corpus": len(items), "queries": len(query_ids), "qrels": len(items)}
+    writer.info(name, "beir", TEXT_TO_IMAGE, description, counts)
+    return counts
+
+
+def _caption_i2t(writer: _Writer, items: list[_Captioned], name: str, description: str) -> dict[str, int]:
+    """Image -> its caption among all distinct captions of the set (MMEB); other images' identical
+    captions are not candidates, since they could only tie with the gold one."""
+    _write_images(writer, items)
+    captions = sorted({item.caption for item in items})
+    rows = []
+    for item in items:
+        targets = [item.caption] + [c for c in captions if c != item.caption]
+        rows.append({"qry_text": mmeb_query_text(IMAGE_TO_TEXT.query), "qry_img_path": item.path,
+                     "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
+    writer.jsonl(f"{name}.jsonl", rows)
+    counts = {"queries": len(rows), "candidates_per_query": len(captions)}
+    writer.info(name, "mmeb", IMAGE_TO_TEXT, description, counts)
+    return counts
 
 
 def build_tux_t2i(writer: _Writer, limit: int | None) -> dict[str, int]:
-    """Caption -> photo over the Tux Paint test split. Identical captions become one query whose
-    relevant set is every photo with that caption (otherwise the "wrong" twin would count as a miss)."""
-    stamps = tuxpaint.load_split("test")[:limit]
-    paths = _tux_images(writer, stamps)
-    writer.jsonl("corpus.jsonl", ({"_id": s.key, "image": paths[s.rel]} for s in stamps))
-    query_ids: dict[str, str] = {}
-    for stamp in stamps:
-        query_ids.setdefault(stamp.caption, f"q{len(query_ids):04d}")
-    writer.jsonl("queries.jsonl", ({"_id": qid, "text": caption} for caption, qid in query_ids.items()))
-    writer.qrels((query_ids[s.caption], s.key) for s in stamps)
-    counts = {"corpus": len(stamps), "queries": len(query_ids), "qrels": len(stamps)}
-    writer.info("tux-t2i", "beir", TEXT_TO_IMAGE, "Tux Paint test split (odd positions): caption -> photo", counts)
-    return counts
+    return _caption_t2i(writer, _tux_items()[:limit], "tux-t2i",
+                        "Tux Paint test split (odd positions): caption -> photo")
 
 
 def build_tux_i2t(writer: _Writer, limit: int | None) -> dict[str, int]:
-    """Photo -> its caption among all distinct test captions (other photos' identical captions are not
-    candidates, since they could only tie with the gold one)."""
-    stamps = tuxpaint.load_split("test")[:limit]
-    paths = _tux_images(writer, stamps)
-    captions = sorted({s.caption for s in stamps})
-    rows = []
-    for stamp in stamps:
-        targets = [stamp.caption] + [c for c in captions if c != stamp.caption]
-        rows.append({"qry_text": mmeb_query_text(IMAGE_TO_TEXT.query), "qry_img_path": paths[stamp.rel],
-                     "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
-    writer.jsonl("tux-i2t.jsonl", rows)
-    counts = {"queries": len(rows), "candidates_per_query": len(captions)}
-    writer.info("tux-i2t", "mmeb", IMAGE_TO_TEXT, "Tux Paint test split: photo -> its caption", counts)
-    return counts
+    return _caption_i2t(writer, _tux_items()[:limit], "tux-i2t", "Tux Paint test split: photo -> its caption")
+
+
+def build_oca_dev_t2i(writer: _Writer, limit: int | None) -> dict[str, int]:
+    return _caption_t2i(writer, _oca_dev_items()[:limit], "oca-dev-t2i",
+                        "Open Clip Art dev split (held out, for model selection): title + keywords -> clip")
+
+
+def build_oca_dev_i2t(writer: _Writer, limit: int | None) -> dict[str, int]:
+    return _caption_i2t(writer, _oca_dev_items()[:limit], "oca-dev-i2t",
+                        "Open Clip Art dev split (held out, for model selection): clip -> title + keywords")
 
 
 def build_fmnist_cls(writer: _Writer, limit: int | None) -> dict[str, int]:
@@ -153,6 +196,8 @@ BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
     "tux-i2t": build_tux_i2t,
     "fmnist-cls": build_fmnist_cls,
     "rdocs": build_rdocs,
+    "oca-dev-t2i": build_oca_dev_t2i,
+    "oca-dev-i2t": build_oca_dev_i2t,
 }
 
 

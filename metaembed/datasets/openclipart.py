@@ -13,12 +13,13 @@ import io
 import logging
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from metaembed.datasets._assets import on_white, png_bytes, require, write_bytes_atomic
+from metaembed.datasets._assets import on_white, png_bytes, require, stable_hash, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ PNG_PACKAGE, SVG_PACKAGE = "openclipart-png", "openclipart-svg"
 DROPPED_CATEGORIES = ("computer", "shapes", "special")
 MAX_PIXELS = 16_000_000
 MAX_KEYWORDS = 10
+#: Held-out dev split for model selection: the last DEV_SIZE usable clips in stable-hash order of their
+#: key. Never trained on, and not a public eval set, so choices made on it do not tune for the tests.
+DEV_SIZE = 400
 #: Keywords that tools stamped on thousands of files and that say nothing about the picture.
 NOISE_KEYWORDS = frozenset({"", "unsorted", "hash", "magick", "clip art", "clipart", "image", "media", "public domain"})
 
@@ -141,6 +145,19 @@ def list_clips(png_root: Path | None = None, svg_root: Path | None = None, limit
             break
     logger.info("Open Clip Art: %d usable clips (%d skipped as > %d px)", len(clips), skipped_large, MAX_PIXELS)
     return clips
+
+
+def split(clips: Sequence[Clip], name: str) -> list[Clip]:
+    """``train`` or ``dev`` part of ``clips``, both in stable-hash order of the key.
+
+    The order does not depend on the folder walk, so the dev split stays the same clips when other
+    clips come or go (only the boundary can move by the number of clips added).
+    """
+    if name not in ("train", "dev"):
+        raise ValueError(f"unknown Open Clip Art split {name!r}; known: train, dev")
+    ordered = sorted(clips, key=lambda clip: stable_hash(clip.key))
+    cut = max(len(ordered) - DEV_SIZE, 0)
+    return ordered[:cut] if name == "train" else ordered[cut:]
 
 
 def load_image(clip: Clip | Path, max_side: int = 256, png_root: Path | None = None) -> Image.Image:

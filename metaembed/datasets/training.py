@@ -1,6 +1,6 @@
 """Training-pair sources for MMR training: ``SOURCES[name](options) -> list[TrainExample]``.
 
-Every source reads only TRAIN data (Open Clip Art is training-only; Tux Paint train split;
+Every source reads only TRAIN data (Open Clip Art's train split, its dev split held out; Tux Paint train split;
 Fashion-MNIST train files; the train manuals), so no test item can leak into training
 (``tests/test_datasets_splits.py`` proves it). Hard negatives come from the same category: the Open
 Clip Art folder, the Tux Paint top-level folder, a visually near Fashion-MNIST class, another page of
@@ -109,12 +109,12 @@ def _openclipart(direction: str) -> Callable[[dict], list[TrainExample]]:
     source = f"openclipart_{direction}"
 
     def build(options: dict) -> list[TrainExample]:
-        """Open Clip Art: title + keywords <-> image (<= ``max_side`` px); negatives from the same folder.
+        """Open Clip Art train split: title + keywords <-> image (<= ``max_side`` px); negatives from the same folder.
 
         ``cache_dir`` (optional) keeps the downscaled PNGs on disk: later runs load in seconds, lazily.
         """
         opts = _options(options, {"limit": None, "max_side": 256, "cache_dir": None}, source)
-        clips = _hash_order(openclipart.list_clips(), lambda c: c.key, opts["limit"])
+        clips = _hash_order(openclipart.split(openclipart.list_clips(), "train"), lambda c: c.key, opts["limit"])
         images = [
             _cached_image(c.key, opts["max_side"],
                           lambda c=c: openclipart.load_thumbnail(c, opts["max_side"], opts["cache_dir"]))

