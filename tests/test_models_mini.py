@@ -78,6 +78,22 @@ def test_embed_is_differentiable_and_matches_encode(model: MiniMetaEmbed, photos
     torch.testing.assert_close(out.detach(), model.encode_candidates(items), atol=1e-4, rtol=0)
 
 
+def test_encode_leaves_the_callers_mode_and_encodes_in_eval(model: MiniMetaEmbed, photos) -> None:
+    # Encoding skips the module-wide mode switch when already in eval (a speed fix); both paths must agree.
+    items = _items(photos)[:3]
+    def modes() -> dict[str, bool]:
+        return {name: m.training for name, m in model.named_modules()}
+
+    model.eval()
+    in_eval = model.encode_candidates(items)
+    assert not any(modes().values())
+    model.train()
+    before = modes()
+    in_train = model.encode_candidates(items)
+    assert modes() == before and before[""]  # the frozen EfficientNet stays in eval by design
+    torch.testing.assert_close(in_train, in_eval, atol=1e-5, rtol=0)
+
+
 def test_meta_token_layout_is_causal(model: MiniMetaEmbed) -> None:
     """Vector i reads the input and Meta Tokens 0..i only: changing a later Meta Token leaves it alone."""
     items = [Item(text="a marmot in the grass")]

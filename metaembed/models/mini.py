@@ -451,7 +451,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
 
     def _encode(self, items: Sequence[Item], side: str, batch_size: int) -> torch.Tensor:
         was_training = self.training
-        self.eval()
+        if was_training:  # a recursive mode switch costs ~10 ms over EfficientNet's modules; skip it when idle
+            self.eval()
         with torch.no_grad():
             self._merge()
         # Sort by length so batches pad little; results are put back in input order.
@@ -470,7 +471,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
                     out[idx] = self.embed([items[i] for i in idx], side).float().cpu()
         finally:
             torch.set_num_threads(threads)
-            self.train(was_training)
+            if was_training:
+                self.train()
         return out
 
     def _approx_length(self, item: Item) -> int:
