@@ -81,6 +81,7 @@ def test_embed_is_differentiable_and_matches_encode(model: MiniMetaEmbed, photos
 def test_encode_leaves_the_callers_mode_and_encodes_in_eval(model: MiniMetaEmbed, photos) -> None:
     # Encoding skips the module-wide mode switch when already in eval (a speed fix); both paths must agree.
     items = _items(photos)[:3]
+
     def modes() -> dict[str, bool]:
         return {name: m.training for name, m in model.named_modules()}
 
