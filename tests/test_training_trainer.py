@@ -300,3 +300,36 @@ def test_shipped_training_configs_validate(path):
 
     cfg = load_config(path)
     assert {entry["name"] for entry in cfg.data} <= set(SOURCES)
+
+
+def test_config_base_is_read_first_and_own_keys_replace_it(tmp_path):
+    import yaml
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(make_cfg(tmp_path)))
+    (tmp_path / "sub" / "child.yaml").write_text(yaml.safe_dump({"base": "../base.yaml", "mode": "no-mmr", "steps": 9}))
+    base, child = load_config(tmp_path / "base.yaml"), load_config(tmp_path / "sub" / "child.yaml")
+    assert (child.mode, child.steps, base.mode, base.steps) == ("no-mmr", 9, "mmr", 6)
+    assert child.data == base.data and child.optimizer == base.optimizer
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\nsteps: 1\n")
+    with pytest.raises(ConfigError, match="'base' chain loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match="gone.yaml not found"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_mini_ablations_differ_from_the_shipped_recipe_only_in_mode_and_paths():
+    import dataclasses
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shipped = load_config(configs / "mini.yaml")
+    own = {"mode", "output_dir", "log_file", "checkpoint_dir"}
+    for name, mode in (("mini-no-mmr", "no-mmr"), ("mini-single-vector", "single-vector")):
+        ablation = load_config(configs / f"{name}.yaml")
+        assert ablation.mode == mode and ablation.output_dir != shipped.output_dir
+        if mode == "single-vector":  # the mode itself sets R_q = R_c = 1; every other model option is shared
+            one = {"num_query_tokens": 1, "num_candidate_tokens": 1}
+            assert ablation.model.kwargs == {**shipped.model.kwargs, **one}
+        keys = own | {"model"} if mode == "single-vector" else own
+        assert dataclasses.replace(ablation, **{k: getattr(shipped, k) for k in keys}) == shipped

@@ -237,12 +237,30 @@ def config_from_dict(raw: Any, where: str = "<config>") -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config."""
-    path = Path(path)
+    """Read and validate a YAML training config.
+
+    A config may name ``base: other.yaml`` (relative to its own folder): the base is read first and the
+    config's own top-level keys replace the base's. Ablations thus state only what differs, and stay
+    identical to their base by construction.
+    """
+    return config_from_dict(_read_yaml(Path(path), seen=()), where=str(path))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return config_from_dict(raw, where=str(path))
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: key 'base' must be a path to another config")
+    parent = _read_yaml(path.parent / base, (*seen, path.resolve()))
+    if not isinstance(parent, dict):
+        raise ConfigError(f"{path}: base {base} is not a mapping")
+    return {**parent, **raw}
