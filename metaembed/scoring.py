@@ -17,6 +17,14 @@ from dataclasses import dataclass
 import torch
 
 from metaembed.budget import Budget
+from metaembed.fused_maxsim import fused_maxsim
+
+#: How many query vectors (batch x r_q) must be scored at once before a BLAS GEMM per candidate block
+#: beats the fused kernel: below it scoring is bound by memory and the fused kernel reads each byte once;
+#: above it, it is bound by arithmetic, where BLAS is faster and half-precision widening is amortised.
+#: Measured with ``python benchmarks/bench_scoring.py --crossover`` on this project's CPU.
+GEMM_MIN_ROWS = {torch.float32: 16, torch.bfloat16: 64, torch.float16: 64}
+KERNELS = ("auto", "fused", "gemm")
 
 #: Bytes of per-block intermediate results we aim to keep in a core's L2 cache.
 _BLOCK_TARGET_BYTES = 1 << 20
@@ -47,14 +55,19 @@ def maxsim(
     candidates: torch.Tensor,
     budget: Budget,
     block_size: int | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Score every query against every candidate at ``budget``.
 
     ``queries``: ``(B, R_q, D)`` or ``(R_q, D)``, any float dtype (only the first ``r_q`` rows are used).
     ``candidates``: token-major ``(R_c, N, D)`` in fp32, bf16 or fp16 (only ``[:r_c]`` is read).
-    Returns ``(B, N)`` fp32 scores. Half-precision blocks are widened to fp32 before the GEMM, so the
-    result equals fp32 scoring of the stored (rounded) vectors.
+    Returns ``(B, N)`` fp32 scores. Half-precision values are widened to fp32 before they are
+    multiplied, so the result equals fp32 scoring of the stored (rounded) vectors.
+    ``kernel``: ``"fused"`` (few query vectors), ``"gemm"`` (many), or ``"auto"`` to pick by
+    :data:`GEMM_MIN_ROWS`; ``block_size`` is the number of candidates per GEMM block or fused task.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     q = _as_batch(queries)
     if candidates.dim() != 3:
         raise ValueError(f"candidates must be token-major (R_c, N, D), got shape {tuple(candidates.shape)}")
@@ -64,9 +77,13 @@ def maxsim(
     n_queries, r_q, r_c = q.shape[0], budget.r_q, budget.r_c
     n_cand, dim = candidates.shape[1], candidates.shape[2]
     rows = n_queries * r_q
+    slab = candidates[:r_c]
+    if slab.dtype not in GEMM_MIN_ROWS:
+        raise ValueError(f"candidates must be float32, bfloat16 or float16, got {slab.dtype}")
+    if kernel == "fused" or (kernel == "auto" and rows < GEMM_MIN_ROWS[slab.dtype]):
+        return fused_maxsim(q, slab, r_q, block_size)
     # (D, B*r_q): one GEMM per candidate block scores every query vector of every query at once.
     q_t = q[:, :r_q].reshape(rows, dim).to(torch.float32).T.contiguous()
-    slab = candidates[:r_c]
     widen = slab.dtype != torch.float32
     step = min(block_size or default_block_size(r_c, rows, dim, slab.dtype), max(n_cand, 1))
     out = torch.empty(n_queries, n_cand, dtype=torch.float32)

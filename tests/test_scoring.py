@@ -1,9 +1,13 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from conftest import unit
 
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError
-from metaembed.scoring import maxsim, maxsim_pairs, token_matches, topk
+from metaembed.scoring import GEMM_MIN_ROWS, maxsim, maxsim_pairs, token_matches, topk
+
+KERNELS = ["auto", "fused", "gemm"]
 
 
 def brute_force(queries: torch.Tensor, candidates: torch.Tensor, budget: Budget) -> torch.Tensor:
@@ -15,20 +19,71 @@ def brute_force(queries: torch.Tensor, candidates: torch.Tensor, budget: Budget)
     return out
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block_size", [None, 1, 7, 1000])
-def test_maxsim_equals_brute_force_every_budget(dtype, block_size, rng):
-    queries, cands = unit(3, 16, 24, generator=rng), unit(37, 64, 24, generator=rng)
+def test_maxsim_equals_brute_force_every_budget(kernel, dtype, block_size, rng):
+    # D = 37 is not a multiple of any SIMD width, so the kernels' remainder loops are exercised too.
+    queries, cands = unit(3, 16, 37, generator=rng), unit(37, 64, 37, generator=rng)
     stored = cands.to(dtype)
     token_major = stored.transpose(0, 1).contiguous()
     for budget in [*TRAINED_GROUPS, Budget(3, 5), Budget(16, 1), Budget(1, 64)]:
-        got = maxsim(queries, token_major, budget, block_size=block_size)
+        got = maxsim(queries, token_major, budget, block_size=block_size, kernel=kernel)
         want = brute_force(queries, stored.float(), budget)
         assert got.dtype == torch.float32 and got.shape == (3, 37)
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
 
 
-def test_all_negative_similarities_are_not_beaten_by_padding():
+def test_auto_kernel_switches_at_the_measured_crossover(rng, monkeypatch):
+    """``auto`` must give the same scores on both sides of the crossover, and really use both kernels."""
+    import metaembed.scoring as scoring
+
+    used = []
+    real_fused = scoring.fused_maxsim
+    monkeypatch.setattr(scoring, "fused_maxsim", lambda *a: used.append("fused") or real_fused(*a))
+    cands = unit(16, 50, 24, generator=rng)
+    for n_queries in (1, GEMM_MIN_ROWS[torch.float32] // 4, GEMM_MIN_ROWS[torch.float32]):
+        q = unit(n_queries, 4, 24, generator=rng)
+        used.clear()
+        torch.testing.assert_close(maxsim(q, cands, Budget(4, 16)), maxsim(q, cands, Budget(4, 16), kernel="gemm"))
+        assert used == (["fused"] if n_queries * 4 < GEMM_MIN_ROWS[torch.float32] else [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernel_reads_prefix_views_and_strided_inputs(dtype, rng):
+    """An index's live vectors are a prefix view of a larger buffer; any other layout is copied first."""
+    q, buffer = unit(2, 8, 40, generator=rng), unit(16, 30, 40, generator=rng).to(dtype)
+    live = buffer[:, :23]  # tokens are 30 rows apart, only 23 are scored
+    want = brute_force(q, live.transpose(0, 1).float(), Budget(8, 16))
+    for view in (live, live.transpose(1, 2).contiguous().transpose(1, 2)):
+        got = maxsim(q, view, Budget(8, 16), kernel="fused")
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+
+
+def test_concurrent_callers_get_their_own_scores(rng):
+    """Gradio serves visitors on threads; each caller must get the scores of its own query."""
+    cands = unit(64, 300, 32, generator=rng).to(torch.bfloat16)
+    queries = [unit(16, 32, generator=rng) for _ in range(8)]
+    want = [maxsim(q, cands, Budget(8, 64)) for q in queries]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda q: maxsim(q, cands, Budget(8, 64), block_size=16), queries * 3))
+    for i, scores in enumerate(got):
+        torch.testing.assert_close(scores, want[i % 8])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_exact_ties_score_identically_whatever_the_position(kernel, rng):
+    """Identical candidates anywhere in the store (tile, task or tail) get bit-identical scores."""
+    base = unit(1, 64, 33, generator=rng)
+    others = unit(40, 64, 33, generator=rng)
+    cands = torch.cat([others[:5], base, others[5:22], base, others[22:], base])  # positions 5, 23, 42
+    scores = maxsim(unit(2, 16, 33, generator=rng), cands.transpose(0, 1).contiguous(), Budget(16, 64),
+                    block_size=9, kernel=kernel)
+    assert torch.equal(scores[:, 5], scores[:, 23]) and torch.equal(scores[:, 5], scores[:, 42])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_all_negative_similarities_are_not_beaten_by_padding(kernel):
     """Every similarity is negative: a zero-padded implementation would return 0 for short candidates."""
     q = torch.zeros(1, 2, 4)
     q[0, :, 0] = 1.0
@@ -37,7 +92,7 @@ def test_all_negative_similarities_are_not_beaten_by_padding():
     cands[:, :, 1] = 0.0
     cands = torch.nn.functional.normalize(cands - 0.1 * torch.arange(12.0).view(3, 4, 1) / 12, dim=-1)
     budget = Budget(2, 4)
-    got = maxsim(q, cands.transpose(0, 1).contiguous(), budget)
+    got = maxsim(q, cands.transpose(0, 1).contiguous(), budget, kernel=kernel)
     assert (got < 0).all()
     torch.testing.assert_close(got.double(), brute_force(q, cands, budget), atol=1e-6, rtol=0)
 
@@ -70,6 +125,10 @@ def test_budget_checked_against_inputs(rng):
         maxsim(q, c, Budget(2, 16))
     with pytest.raises(ValueError, match="dimension mismatch"):
         maxsim(unit(1, 4, 7, generator=rng), c, Budget(1, 1))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        maxsim(q, c, Budget(1, 1), kernel="fast")
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        maxsim(q, c.double(), Budget(1, 1))
 
 
 def test_topk_breaks_ties_by_position():
