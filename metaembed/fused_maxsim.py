@@ -252,3 +252,14 @@ def fused_maxsim(queries: torch.Tensor, slab: torch.Tensor, r_q: int, block_size
     for job in jobs:
         job.result()
     return out
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the kernel for every storage dtype.
+
+    The first compilation takes about 1.5 s per dtype; a server calls this at start-up so that no
+    visitor's first search pays it (and shows it as MaxSim latency).
+    """
+    queries = torch.zeros(1, 1, 8)
+    for dtype in SUPPORTED_DTYPES:
+        fused_maxsim(queries, torch.zeros(1, 4, 8, dtype=dtype), 1)

@@ -4,10 +4,11 @@ s(q, c) = sum_{i < r_q} max_{j < r_c} <q_i, c_j>  on L2-normalised vectors, with
 (MetaEmbed paper, Sec. 3), so scores lie in [-r_q, r_q] and compare only within one budget.
 
 Why token-major ``(R_c, N, D)``: MetaEmbed candidates always carry exactly R_c vectors, so a budget
-prefix r_c is the contiguous slab ``store[:r_c]`` and scoring is a batched GEMM per candidate block,
-streaming each needed byte once. The common candidate-major layout with a 4-D einsum measured many
-times slower at middle budgets (see benchmarks/bench_scoring.py). Nothing is padded, so a padded zero
-can never beat a real negative similarity.
+prefix r_c is the contiguous slab ``store[:r_c]``, streamed once: by the fused kernel
+(:mod:`metaembed.fused_maxsim`) for few query vectors, or by one BLAS GEMM per candidate block for
+batches. The common candidate-major layout with a 4-D einsum measured many times slower at middle
+budgets (see benchmarks/bench_scoring.py). Nothing is padded, so a padded zero can never beat a real
+negative similarity.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _as_batch(queries: torch.Tensor) -> torch.Tensor:
     if queries.dim() != 3:
         raise ValueError(f"queries must be (r_q, D) or (B, r_q, D), got shape {tuple(queries.shape)}")
     return queries
+
+
+def choose_kernel(query_vectors: int, dtype: torch.dtype) -> str:
+    """The kernel ``maxsim(kernel="auto")`` uses for this many query vectors (batch x r_q) and storage."""
+    return "fused" if query_vectors < GEMM_MIN_ROWS[dtype] else "gemm"
 
 
 def default_block_size(r_c: int, rows: int, dim: int, dtype: torch.dtype) -> int:
@@ -80,7 +86,7 @@ def maxsim(
     slab = candidates[:r_c]
     if slab.dtype not in GEMM_MIN_ROWS:
         raise ValueError(f"candidates must be float32, bfloat16 or float16, got {slab.dtype}")
-    if kernel == "fused" or (kernel == "auto" and rows < GEMM_MIN_ROWS[slab.dtype]):
+    if (choose_kernel(rows, slab.dtype) if kernel == "auto" else kernel) == "fused":
         return fused_maxsim(q, slab, r_q, block_size)
     # (D, B*r_q): one GEMM per candidate block scores every query vector of every query at once.
     q_t = q[:, :r_q].reshape(rows, dim).to(torch.float32).T.contiguous()

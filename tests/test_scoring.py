@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -5,7 +7,7 @@ import torch
 from conftest import unit
 
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError
-from metaembed.scoring import GEMM_MIN_ROWS, maxsim, maxsim_pairs, token_matches, topk
+from metaembed.scoring import GEMM_MIN_ROWS, choose_kernel, maxsim, maxsim_pairs, token_matches, topk
 
 KERNELS = ["auto", "fused", "gemm"]
 
@@ -41,6 +43,9 @@ def test_auto_kernel_switches_at_the_measured_crossover(rng, monkeypatch):
     used = []
     real_fused = scoring.fused_maxsim
     monkeypatch.setattr(scoring, "fused_maxsim", lambda *a: used.append("fused") or real_fused(*a))
+    assert choose_kernel(1, torch.float32) == choose_kernel(8, torch.bfloat16) == "fused"
+    assert choose_kernel(GEMM_MIN_ROWS[torch.float32], torch.float32) == "gemm"
+    assert choose_kernel(GEMM_MIN_ROWS[torch.float32], torch.bfloat16) == "fused"  # widening moves the crossover
     cands = unit(16, 50, 24, generator=rng)
     for n_queries in (1, GEMM_MIN_ROWS[torch.float32] // 4, GEMM_MIN_ROWS[torch.float32]):
         q = unit(n_queries, 4, 24, generator=rng)
@@ -152,3 +157,11 @@ def test_token_matches_decompose_the_score(rng):
             assert m.similarity[i, m.best[i]] == m.contributions[i]
         total = maxsim(q, c.unsqueeze(1), budget).item()
         assert m.score == pytest.approx(total, abs=1e-5)
+
+
+def test_warm_up_compiles_the_kernel_for_every_storage_dtype():
+    """In a fresh interpreter, so kernels compiled by other tests cannot make it pass."""
+    code = ("from metaembed import fused_maxsim; fused_maxsim.warm_up(); "
+            "print(sorted(str(sig[1].dtype) for sig in fused_maxsim._kernel.signatures))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['float32', 'int16', 'uint16']"  # fp32, fp16 bits, bf16 bits

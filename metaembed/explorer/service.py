@@ -19,6 +19,7 @@ from PIL import Image
 
 from index_builder.errors import InputSkipped
 from index_builder.images import load_image
+from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
 from metaembed.datasets import MissingDataError
 from metaembed.datasets.build import build as build_eval_sets
@@ -81,8 +82,9 @@ class Explorer:
 
     # ------------------------------------------------------------------ resources
     def warm_up(self) -> None:
-        """Load the default model and demo gallery (run in a background thread after launch)."""
-        for step in (lambda: self.models.get(None), self.demo.get):
+        """Load the default model and demo gallery and compile the scoring kernel (in a background thread
+        after launch)."""
+        for step in (lambda: self.models.get(None), self.demo.get, fused_maxsim.warm_up):
             try:
                 step()
             except ExplorerError as err:
