@@ -232,7 +232,8 @@ def fused_maxsim(queries: torch.Tensor, slab: torch.Tensor, r_q: int, block_size
     """``queries (B, r_q, D)`` against the token-major ``slab (r_c, N, D)`` -> ``(B, N)`` fp32 scores.
 
     ``block_size`` is the number of candidates per task on the thread pool (default: one task per
-    torch thread). Inputs are already validated by :func:`metaembed.scoring.maxsim`.
+    torch thread, at least ``_MIN_TASK`` candidates each). Inputs are already validated by
+    :func:`metaembed.scoring.maxsim`.
     """
     n_queries, dim = queries.shape[0], queries.shape[-1]
     r_c, n_cand = slab.shape[0], slab.shape[1]
