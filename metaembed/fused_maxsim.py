@@ -97,6 +97,15 @@ def _widen_overload(value):
     return None
 
 
+@njit(inline="always")
+def _keep_max(best, k, i, s0, s1, s2, s3):
+    """Raise candidate k's running maxima for query vectors i..i+3 (inlined: scalars stay in registers)."""
+    best[k, i] = max(best[k, i], s0)
+    best[k, i + 1] = max(best[k, i + 1], s1)
+    best[k, i + 2] = max(best[k, i + 2], s2)
+    best[k, i + 3] = max(best[k, i + 3], s3)
+
+
 @njit(fastmath=_FASTMATH, nogil=True, cache=True)
 def _kernel(queries, store, token_stride, r_c, r_q, start, stop, out):
     # queries (B * r_q, D) fp32; candidate c's vector j is store[j * token_stride + c];
@@ -139,22 +148,10 @@ def _kernel(queries, store, token_stride, r_c, r_q, start, stop, out):
                     a31 += x3 * y1
                     a32 += x3 * y2
                     a33 += x3 * y3
-                best[0, i] = max(best[0, i], a00)
-                best[0, i + 1] = max(best[0, i + 1], a01)
-                best[0, i + 2] = max(best[0, i + 2], a02)
-                best[0, i + 3] = max(best[0, i + 3], a03)
-                best[1, i] = max(best[1, i], a10)
-                best[1, i + 1] = max(best[1, i + 1], a11)
-                best[1, i + 2] = max(best[1, i + 2], a12)
-                best[1, i + 3] = max(best[1, i + 3], a13)
-                best[2, i] = max(best[2, i], a20)
-                best[2, i + 1] = max(best[2, i + 1], a21)
-                best[2, i + 2] = max(best[2, i + 2], a22)
-                best[2, i + 3] = max(best[2, i + 3], a23)
-                best[3, i] = max(best[3, i], a30)
-                best[3, i + 1] = max(best[3, i + 1], a31)
-                best[3, i + 2] = max(best[3, i + 2], a32)
-                best[3, i + 3] = max(best[3, i + 3], a33)
+                _keep_max(best, 0, i, a00, a01, a02, a03)
+                _keep_max(best, 1, i, a10, a11, a12, a13)
+                _keep_max(best, 2, i, a20, a21, a22, a23)
+                _keep_max(best, 3, i, a30, a31, a32, a33)
                 i += 4
             if i + 2 <= rows:  # two of the last rows % 4 query vectors
                 a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0)

@@ -7,9 +7,7 @@ import torch
 from conftest import unit
 
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError
-from metaembed.scoring import GEMM_MIN_ROWS, choose_kernel, maxsim, maxsim_pairs, token_matches, topk
-
-KERNELS = ["auto", "fused", "gemm"]
+from metaembed.scoring import GEMM_MIN_ROWS, KERNELS, choose_kernel, maxsim, maxsim_pairs, token_matches, topk
 
 
 def brute_force(queries: torch.Tensor, candidates: torch.Tensor, budget: Budget) -> torch.Tensor:
