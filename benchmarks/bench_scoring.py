@@ -15,7 +15,7 @@ The last line is one JSON object (roofline_fraction and speedup_vs_einsum per bu
 D and dtype, plus every row). ``--sweeps K`` repeats everything K times and reports per-row medians with
 the range of the roofline fraction: on a shared machine one sweep can be off by tens of percent.
 
-``--crossover`` instead times both kernels at (4,16) for batches of 1 to 32 queries (4 to 128 query
+``--crossover`` instead times both kernels at (4,16) for batches of 1 to 64 queries (4 to 256 query
 vectors), the measurement behind ``metaembed.scoring.GEMM_MIN_ROWS``.
 
     python benchmarks/bench_scoring.py [--quick | --crossover] [--sweeps K]
@@ -212,7 +212,7 @@ def crossover() -> dict:
         for dtype in (torch.float32, torch.bfloat16):
             n = (256 << 20) // (budget.r_c * dim * torch.empty(0, dtype=dtype).element_size())
             slab = torch.nn.functional.normalize(torch.randn(budget.r_c, n, dim), dim=-1).to(dtype)
-            for batch in (1, 2, 4, 8, 16, 32):
+            for batch in (1, 2, 4, 8, 16, 32, 64):
                 query = torch.nn.functional.normalize(torch.randn(batch, budget.r_q, dim), dim=-1)
                 times = {kernel: best_time(lambda k=kernel, q=query, s=slab: maxsim(q, s, budget, kernel=k), 3)
                          for kernel in ("fused", "gemm")}

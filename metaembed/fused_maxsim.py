@@ -1,4 +1,4 @@
-"""A fused MaxSim kernel for few query vectors: read each stored element once, widen it in registers.
+"""Fused MaxSim kernels for up to a few dozen query vectors: read each stored element once, widen it on chip.
 
 Why hand-written (numba) rather than a library: at small budgets one query has 1-8 vectors, so scoring
 is a skinny GEMM that should run at DRAM speed, and BLAS reaches about half of it; bf16/fp16 storage
@@ -9,6 +9,11 @@ reads fp32 candidate-major only). This kernel computes a 4 candidate-vector x 4 
 products per pass over D (4 x 2 and 4 x 1 for the last query vectors, so r_q = 1 or 2 computes nothing
 padded), widening bf16/fp16 to fp32 as it loads, and keeps the running max per
 (candidate, query vector) in a small array that stays in L1, so nothing but the scores is written.
+
+From 8 query vectors on (r_q >= 8, or batches), scoring is bound by arithmetic and a second kernel
+takes over: the outer-product micro-kernel of :mod:`metaembed.outer_maxsim` (one broadcast per candidate
+element feeds 8 query vectors), fed tile by tile with widened candidate vectors and streaming each
+token's slab in order.
 
 Work is split into chunks of candidates run on a thread pool (the kernel releases the GIL). A pool
 rather than numba's own ``prange``: numba's default threading layer is not safe when two server
@@ -27,7 +32,10 @@ import torch
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
+
+from metaembed.outer_maxsim import outer_kernel, pack_queries
+from metaembed.widening import BITS_AS, widen
 
 #: Float reassociation lets LLVM vectorise the dot products; no-NaN/no-inf flags are left off because
 #: the running maxima start at -inf.
@@ -40,27 +48,6 @@ _FASTMATH = {"reassoc", "contract"}
 _PREFETCH_MAX_ROW_BYTES = 2048
 _PREFETCH_AHEAD = 16
 _PREFETCH_STEP = 16
-
-
-@intrinsic
-def _bf16_to_f32(typingctx, bits):
-    """bf16 is the top half of an fp32: zero-extend and shift (vectorises to vpmovzxwd + vpslld)."""
-
-    def codegen(context, builder, sig, args):
-        wide = builder.zext(args[0], ir.IntType(32))
-        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
-
-    return types.float32(types.uint16), codegen
-
-
-@intrinsic
-def _fp16_to_f32(typingctx, bits):
-    """IEEE half to float (vcvtph2ps); numba has no float16 type, so the bits arrive as int16."""
-
-    def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.int16), codegen
 
 
 @intrinsic
@@ -79,22 +66,6 @@ def _prefetch(typingctx, arr, row, col):
         return context.get_dummy_value()
 
     return types.none(arr, row, col), codegen
-
-
-def _widen(value):
-    raise NotImplementedError("only callable from numba-compiled code")
-
-
-@overload(_widen, inline="always")
-def _widen_overload(value):
-    """The storage format is told by the element type: fp32 as is, bf16 as uint16, fp16 as int16."""
-    if value == types.float32:
-        return lambda value: value
-    if value == types.uint16:
-        return lambda value: _bf16_to_f32(value)
-    if value == types.int16:
-        return lambda value: _fp16_to_f32(value)
-    return None
 
 
 @njit(inline="always")
@@ -130,7 +101,7 @@ def _kernel(queries, store, token_stride, r_c, r_q, start, stop, out):
                 a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0)
                 a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0)
                 for d in range(dim):
-                    x0, x1, x2, x3 = _widen(v0[d]), _widen(v1[d]), _widen(v2[d]), _widen(v3[d])
+                    x0, x1, x2, x3 = widen(v0[d]), widen(v1[d]), widen(v2[d]), widen(v3[d])
                     y0, y1, y2, y3 = q0[d], q1[d], q2[d], q3[d]
                     a00 += x0 * y0
                     a01 += x0 * y1
@@ -156,7 +127,7 @@ def _kernel(queries, store, token_stride, r_c, r_q, start, stop, out):
             if i + 2 <= rows:  # two of the last rows % 4 query vectors
                 a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = np.float32(0)
                 for d in range(dim):
-                    x0, x1, x2, x3 = _widen(v0[d]), _widen(v1[d]), _widen(v2[d]), _widen(v3[d])
+                    x0, x1, x2, x3 = widen(v0[d]), widen(v1[d]), widen(v2[d]), widen(v3[d])
                     y0, y1 = queries[i, d], queries[i + 1, d]
                     a00 += x0 * y0
                     a01 += x0 * y1
@@ -180,10 +151,10 @@ def _kernel(queries, store, token_stride, r_c, r_q, start, stop, out):
                 a0 = a1 = a2 = a3 = np.float32(0)
                 for d in range(dim):
                     y0 = q0[d]
-                    a0 += _widen(v0[d]) * y0
-                    a1 += _widen(v1[d]) * y0
-                    a2 += _widen(v2[d]) * y0
-                    a3 += _widen(v3[d]) * y0
+                    a0 += widen(v0[d]) * y0
+                    a1 += widen(v1[d]) * y0
+                    a2 += widen(v2[d]) * y0
+                    a3 += widen(v3[d]) * y0
                 best[0, i] = max(best[0, i], a0)
                 best[1, i] = max(best[1, i], a1)
                 best[2, i] = max(best[2, i], a2)
@@ -197,10 +168,12 @@ def _kernel(queries, store, token_stride, r_c, r_q, start, stop, out):
                 out[b, c0 + k] = total
 
 
-#: How each storage dtype is handed to the kernel (numba has no bf16/fp16; the bits travel as ints).
-_BITS_AS = {torch.float32: torch.float32, torch.bfloat16: torch.uint16, torch.float16: torch.int16}
-SUPPORTED_DTYPES = frozenset(_BITS_AS)
+SUPPORTED_DTYPES = frozenset(BITS_AS)
 
+
+#: From this many query vectors (batch x r_q) on, the outer-product micro-kernel (metaembed.outer_maxsim)
+#: replaces the dot-product tile: below it, its 8-vector groups would be partly padding.
+OUTER_MIN_ROWS = 8
 
 #: Fewest candidates per pool task by default: below it, handing work to a thread costs more than it saves.
 _MIN_TASK = 256
@@ -222,7 +195,7 @@ def _flat_store(slab: torch.Tensor) -> tuple[np.ndarray, int]:
         slab = slab.contiguous()
     token_stride = slab.stride(0) // dim if n_tokens > 1 else n_cand
     span = torch.as_strided(slab, ((n_tokens - 1) * token_stride + n_cand, dim), (dim, 1))
-    return span.view(_BITS_AS[slab.dtype]).numpy(), token_stride
+    return span.view(BITS_AS[slab.dtype]).numpy(), token_stride
 
 
 def fused_maxsim(queries: torch.Tensor, slab: torch.Tensor, r_q: int, block_size: int | None = None) -> torch.Tensor:
@@ -241,23 +214,25 @@ def fused_maxsim(queries: torch.Tensor, slab: torch.Tensor, r_q: int, block_size
         return out
     store, token_stride = _flat_store(slab)
     step = block_size or max(_MIN_TASK, math.ceil(n_cand / torch.get_num_threads()))
-    q_np, out_np = flat_queries.numpy(), out.numpy()
+    kernel, q_np = (outer_kernel, pack_queries(flat_queries).numpy()) if rows >= OUTER_MIN_ROWS else \
+        (_kernel, flat_queries.numpy())
+    out_np = out.numpy()
     tasks = [(q_np, store, token_stride, r_c, r_q, start, min(start + step, n_cand), out_np)
              for start in range(0, n_cand, step)]
     # The caller's thread takes the first task itself: a small gallery then never waits on the pool.
-    jobs = [_pool().submit(_kernel, *task) for task in tasks[1:]]
-    _kernel(*tasks[0])
+    jobs = [_pool().submit(kernel, *task) for task in tasks[1:]]
+    kernel(*tasks[0])
     for job in jobs:
         job.result()
     return out
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) the kernel for every storage dtype.
+    """Compile (or load from numba's on-disk cache) both kernels for every storage dtype.
 
-    The first compilation takes about 1.5 s per dtype; a server calls this at start-up so that no
+    The first compilation takes seconds per kernel and dtype; a server calls this at start-up so that no
     visitor's first search pays it (and shows it as MaxSim latency).
     """
-    queries = torch.zeros(1, 1, 8)
     for dtype in SUPPORTED_DTYPES:
-        fused_maxsim(queries, torch.zeros(1, 4, 8, dtype=dtype), 1)
+        for r_q in (1, OUTER_MIN_ROWS):  # the dot-product and the outer-product kernel
+            fused_maxsim(torch.zeros(1, r_q, 8), torch.zeros(1, 4, 8, dtype=dtype), r_q)

@@ -21,10 +21,11 @@ from metaembed.budget import Budget
 from metaembed.fused_maxsim import fused_maxsim
 
 #: How many query vectors (batch x r_q) must be scored at once before a BLAS GEMM per candidate block
-#: beats the fused kernel: below it scoring is bound by memory and the fused kernel reads each byte once;
-#: above it, it is bound by arithmetic, where BLAS is faster and half-precision widening is amortised.
-#: Measured with ``python benchmarks/bench_scoring.py --crossover`` on this project's CPU.
-GEMM_MIN_ROWS = {torch.float32: 16, torch.bfloat16: 64, torch.float16: 64}
+#: beats the fused kernels: below it they read each byte once and (from 8 query vectors) compute with
+#: an outer-product micro-kernel; above it, MKL's fp32 micro-kernel is faster. Half-precision storage
+#: must be widened by a copy before BLAS sees it, which keeps the fused kernels ahead until about 256
+#: query vectors, where the two meet. ``python benchmarks/bench_scoring.py --crossover`` on this CPU.
+GEMM_MIN_ROWS = {torch.float32: 16, torch.bfloat16: 256, torch.float16: 256}
 KERNELS = ("auto", "fused", "gemm")
 
 #: Bytes of per-block intermediate results we aim to keep in a core's L2 cache.

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -6,6 +7,7 @@ import pytest
 import torch
 from conftest import unit
 
+from metaembed import fused_maxsim, outer_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError
 from metaembed.scoring import GEMM_MIN_ROWS, KERNELS, choose_kernel, maxsim, maxsim_pairs, token_matches, topk
 
@@ -75,12 +77,13 @@ def test_concurrent_callers_get_their_own_scores(rng):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_exact_ties_score_identically_whatever_the_position(kernel, rng):
+@pytest.mark.parametrize("budget", [Budget(2, 64), Budget(16, 64)], ids=str)  # 4 and 32 query vectors
+def test_exact_ties_score_identically_whatever_the_position(kernel, budget, rng):
     """Identical candidates anywhere in the store (tile, task or tail) get bit-identical scores."""
     base = unit(1, 64, 33, generator=rng)
     others = unit(40, 64, 33, generator=rng)
     cands = torch.cat([others[:5], base, others[5:22], base, others[22:], base])  # positions 5, 23, 42
-    scores = maxsim(unit(2, 16, 33, generator=rng), cands.transpose(0, 1).contiguous(), Budget(16, 64),
+    scores = maxsim(unit(2, 16, 33, generator=rng), cands.transpose(0, 1).contiguous(), budget,
                     block_size=9, kernel=kernel)
     assert torch.equal(scores[:, 5], scores[:, 23]) and torch.equal(scores[:, 5], scores[:, 42])
 
@@ -157,9 +160,56 @@ def test_token_matches_decompose_the_score(rng):
         assert m.score == pytest.approx(total, abs=1e-5)
 
 
-def test_warm_up_compiles_the_kernel_for_every_storage_dtype():
+def test_warm_up_compiles_both_kernels_for_every_storage_dtype():
     """In a fresh interpreter, so kernels compiled by other tests cannot make it pass."""
     code = ("from metaembed import fused_maxsim; fused_maxsim.warm_up(); "
-            "print(sorted(str(sig[1].dtype) for sig in fused_maxsim._kernel.signatures))")
+            "print([sorted(str(sig[1].dtype) for sig in k.signatures) "
+            "for k in (fused_maxsim._kernel, fused_maxsim.outer_kernel)])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['float32', 'int16', 'uint16']"  # fp32, fp16 bits, bf16 bits
+    assert out.strip() == str([["float32", "int16", "uint16"]] * 2)  # fp32, fp16 bits, bf16 bits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_outer_product_kernel_across_spans_tiles_and_pieces(dtype, rng, monkeypatch):
+    """From 8 query vectors on: more candidates than one span, a partial last tile, D below, across and
+    off the micro-kernel's pieces (odd D leaves one unpaired element), one task or several."""
+    calls = []
+    real = fused_maxsim.outer_kernel
+    monkeypatch.setattr(fused_maxsim, "outer_kernel", lambda *args: calls.append(args[5:7]) or real(*args))
+    n = outer_maxsim.SPAN + outer_maxsim.TILE_ROWS + 3
+    for dim in (37, outer_maxsim.CHUNK + 2, 2 * outer_maxsim.CHUNK + 1):
+        cands = unit(n, 16, dim, generator=rng).to(dtype)
+        token_major = cands.transpose(0, 1).contiguous()
+        for n_queries, budget in ((1, Budget(8, 16)), (3, Budget(16, 5))):
+            q = unit(n_queries, 16, dim, generator=rng)
+            want = brute_force(q, cands.float(), budget)
+            for block_size in (n, 500):
+                calls.clear()
+                got = maxsim(q, token_major, budget, block_size=block_size, kernel="fused")
+                assert max(stop for _, stop in calls) == n
+                torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+
+
+def test_avx2_tiling_when_numba_targets_avx2(tmp_path):
+    """Machines without AVX-512 get the 6-row, two-register tile: forced here through numba's own
+    target settings, in a fresh interpreter with its own kernel cache."""
+    code = """
+import torch
+from metaembed import outer_maxsim
+from metaembed.budget import Budget
+from metaembed.scoring import maxsim
+g = torch.Generator().manual_seed(0)
+q = torch.nn.functional.normalize(torch.randn(2, 16, 45, generator=g), dim=-1)
+c = torch.nn.functional.normalize(torch.randn(16, 23, 45, generator=g), dim=-1).to(torch.bfloat16)
+got = maxsim(q, c, Budget(16, 16), kernel="fused").double()
+sims = torch.einsum("bqd,jnd->bnqj", q.double(), c.double())
+want = sims.max(dim=3).values.sum(dim=2)
+print(outer_maxsim.LANES, outer_maxsim.TILE_ROWS, float((got - want).abs().max()))
+"""
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path),
+           "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,"
+                                 "+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    lanes, tile_rows, error = out.split()
+    assert (lanes, tile_rows) == ("8", "6")
+    assert float(error) < 1e-4
