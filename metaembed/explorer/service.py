@@ -82,7 +82,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ resources
     def warm_up(self) -> None:
-        """Load the default model and demo gallery and compile the scoring kernel (in a background thread
+        """Load the default model and demo gallery and compile the scoring kernels (in a background thread
         after launch)."""
         for step in (lambda: self.models.get(None), self.demo.get, fused_maxsim.warm_up):
             try:
