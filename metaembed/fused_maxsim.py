@@ -1,4 +1,4 @@
-"""Fused MaxSim kernels for up to a few dozen query vectors: read each stored element once, widen it on chip.
+"""Fused MaxSim kernels for one query or a small batch: read each stored element once, widen it on chip.
 
 Why hand-written (numba) rather than a library: at small budgets one query has 1-8 vectors, so scoring
 is a skinny GEMM that should run at DRAM speed, and BLAS reaches about half of it; bf16/fp16 storage
@@ -214,8 +214,10 @@ def fused_maxsim(queries: torch.Tensor, slab: torch.Tensor, r_q: int, block_size
         return out
     store, token_stride = _flat_store(slab)
     step = block_size or max(_MIN_TASK, math.ceil(n_cand / torch.get_num_threads()))
-    kernel, q_np = (outer_kernel, pack_queries(flat_queries).numpy()) if rows >= OUTER_MIN_ROWS else \
-        (_kernel, flat_queries.numpy())
+    if rows >= OUTER_MIN_ROWS:
+        kernel, q_np = outer_kernel, pack_queries(flat_queries).numpy()
+    else:
+        kernel, q_np = _kernel, flat_queries.numpy()
     out_np = out.numpy()
     tasks = [(q_np, store, token_stride, r_c, r_q, start, min(start + step, n_cand), out_np)
              for start in range(0, n_cand, step)]
