@@ -4,11 +4,12 @@ s(q, c) = sum_{i < r_q} max_{j < r_c} <q_i, c_j>  on L2-normalised vectors, with
 (MetaEmbed paper, Sec. 3), so scores lie in [-r_q, r_q] and compare only within one budget.
 
 Why token-major ``(R_c, N, D)``: MetaEmbed candidates always carry exactly R_c vectors, so a budget
-prefix r_c is the contiguous slab ``store[:r_c]``, streamed once: by the fused kernel
-(:mod:`metaembed.fused_maxsim`) for few query vectors, or by one BLAS GEMM per candidate block for
-batches. The common candidate-major layout with a 4-D einsum measured many times slower at middle
-budgets (see benchmarks/bench_scoring.py). Nothing is padded, so a padded zero can never beat a real
-negative similarity.
+prefix r_c is the contiguous slab ``store[:r_c]``, streamed once: by the fused kernels
+(:mod:`metaembed.fused_maxsim`: dot products below 8 query vectors, an outer-product micro-kernel from
+8) for one query or a small batch, or by one BLAS GEMM per candidate block for larger batches. The
+common candidate-major layout with a 4-D einsum measured many times slower at middle budgets (see
+benchmarks/bench_scoring.py). Nothing is padded, so a padded zero can never beat a real negative
+similarity.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from metaembed.budget import Budget
-from metaembed.fused_maxsim import fused_maxsim
+from metaembed.fused_maxsim import SUPPORTED_DTYPES, fused_maxsim
 
 #: How many query vectors (batch x r_q) must be scored at once before a BLAS GEMM per candidate block
 #: beats the fused kernels: below it they read each byte once and (from 8 query vectors) compute with
@@ -70,8 +71,8 @@ def maxsim(
     ``candidates``: token-major ``(R_c, N, D)`` in fp32, bf16 or fp16 (only ``[:r_c]`` is read).
     Returns ``(B, N)`` fp32 scores. Half-precision values are widened to fp32 before they are
     multiplied, so the result equals fp32 scoring of the stored (rounded) vectors.
-    ``kernel``: ``"fused"`` (few query vectors), ``"gemm"`` (many), or ``"auto"`` to pick by
-    :data:`GEMM_MIN_ROWS`; ``block_size`` is the number of candidates per GEMM block or fused task.
+    ``kernel``: ``"fused"`` (one query or a small batch), ``"gemm"`` (larger batches), or ``"auto"`` to
+    pick by :data:`GEMM_MIN_ROWS`; ``block_size`` is the number of candidates per GEMM block or fused task.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -85,7 +86,7 @@ def maxsim(
     n_cand, dim = candidates.shape[1], candidates.shape[2]
     rows = n_queries * r_q
     slab = candidates[:r_c]
-    if slab.dtype not in GEMM_MIN_ROWS:
+    if slab.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"candidates must be float32, bfloat16 or float16, got {slab.dtype}")
     if (choose_kernel(rows, slab.dtype) if kernel == "auto" else kernel) == "fused":
         return fused_maxsim(q, slab, r_q, block_size)
