@@ -172,7 +172,8 @@ def test_warm_up_compiles_both_kernels_for_every_storage_dtype():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_outer_product_kernel_across_spans_tiles_and_pieces(dtype, rng, monkeypatch):
     """From 8 query vectors on: more candidates than one span, a partial last tile, D below, across and
-    off the micro-kernel's pieces (odd D leaves one unpaired element), one task or several."""
+    off the micro-kernel's pieces (odd D leaves one unpaired element; none is a multiple of the vector
+    copy's width, so each next tile has a tail the loop copies), one task or several."""
     calls = []
     real = fused_maxsim.outer_kernel
     monkeypatch.setattr(fused_maxsim, "outer_kernel", lambda *args: calls.append(args[5:7]) or real(*args))
