@@ -208,18 +208,18 @@ SPAN = 1024
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _tile_start(tile, tiles, s0, token_stride):
-    """The store row of the first candidate of a span's tile number ``tile`` (token-outer order)."""
-    return (tile // tiles) * token_stride + s0 + (tile % tiles) * TILE_ROWS
+def _tile_origin(tile, tiles, s0, token_stride):
+    """Where a span's tile number ``tile`` (token-outer order) lies: its token's first store row, and
+    its first candidate."""
+    return (tile // tiles) * token_stride, s0 + (tile % tiles) * TILE_ROWS
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _tile_sources(sources, tile, tiles, s0, s1, token_stride):
     """Fill ``sources`` with the store rows of a span's tile; a partial tile repeats the span's last candidate."""
-    first = _tile_start(tile, tiles, s0, token_stride)
-    last = first + (s1 - 1) - (s0 + (tile % tiles) * TILE_ROWS)
+    base, c0 = _tile_origin(tile, tiles, s0, token_stride)
     for t in range(TILE_ROWS):
-        sources[t] = min(first + t, last)
+        sources[t] = base + min(c0 + t, s1 - 1)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -258,11 +258,12 @@ def outer_kernel(packed, store, token_stride, r_c, r_q, start, stop, out):
         _tile_sources(sources, 0, tiles, s0, s1, token_stride)
         _copy_rows(buffers[0], store, sources, 0)
         for tile in range(last_tile + 1):
-            c0 = s0 + (tile % tiles) * TILE_ROWS
+            c0 = _tile_origin(tile, tiles, s0, token_stride)[1]
             more = tile < last_tile
             if more:
                 _tile_sources(sources, tile + 1, tiles, s0, s1, token_stride)
-            ahead = _tile_start(min(tile + 2, last_tile), tiles, s0, token_stride) * store.strides[0]
+            ahead_base, ahead_c0 = _tile_origin(min(tile + 2, last_tile), tiles, s0, token_stride)
+            ahead = (ahead_base + ahead_c0) * store.strides[0]
             rows, next_rows = buffers[tile % 2], buffers[(tile + 1) % 2]
             for g in range(groups):
                 pair_tile(rows, dim, packed[g], best, c0 - s0, g * GROUP_LANES, store, sources, next_rows, ahead,
