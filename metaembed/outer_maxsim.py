@@ -15,7 +15,10 @@ Registers: with AVX-512 a tile is 16 candidate vectors x one 16-float register (
 32); with AVX2 it is 6 x two 8-float registers (12 of 16), the shapes BLAS micro-kernels use.
 Candidate vectors reach the micro-kernel copied (and widened) into fixed-stride pieces, in two
 buffers: while it scores one tile it copies the next one into the other buffer, so the copy runs in
-issue slots the arithmetic leaves idle (measured 5-15 % faster than copying between tiles).
+issue slots the arithmetic leaves idle (against copying between tiles, in alternating A/B runs on 2
+threads: 7-24 % faster per shape). Each loop step copies one whole piece of one candidate vector, so a
+step has one source and one target address (16 vectors' addresses per step made LLVM spill them, and the
+reloads and indexed stores competed with the broadcasts for the load ports: measured up to 20 % slower).
 
 The loop (:func:`outer_kernel`) lives here with the micro-kernel on purpose: numba's on-disk cache is
 invalidated by changes to the kernel's own source file only.
@@ -68,21 +71,22 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, vec_type: ir.VectorType) -> i
     return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(_I32, 0)), undef, mask)
 
 
-#: Elements of each candidate vector the micro-kernel copies per unrolled step (two per pair step).
-COPY_WIDTH = 2 * _UNROLL
-_COPIED = ir.VectorType(_F32, COPY_WIDTH)
+#: Pair steps the micro-kernel's loop runs per candidate vector of a tile while it copies the next tile:
+#: each unrolled step copies one piece of one candidate vector, so a full piece's steps copy them all.
+COPY_STEPS = TILE_ROWS * _UNROLL
+assert COPY_STEPS <= CHUNK // 2, "a piece must have a loop step for each candidate vector of the tile"
+_COPIED = ir.VectorType(_F32, LANES)
 
 
 def _widened(builder: ir.IRBuilder, src: ir.Value, dtype: types.Type) -> ir.Value:
-    """COPY_WIDTH elements from ``src`` as fp32 (as :func:`metaembed.widening.widen`, a vector at a time)."""
+    """LANES elements from ``src`` as fp32 (as :func:`metaembed.widening.widen`, a vector at a time)."""
     if dtype == types.float32:
         return builder.load(builder.bitcast(src, _COPIED.as_pointer()), align=4)
-    bits = builder.load(builder.bitcast(src, ir.VectorType(ir.IntType(16), COPY_WIDTH).as_pointer()), align=2)
+    bits = builder.load(builder.bitcast(src, ir.VectorType(ir.IntType(16), LANES).as_pointer()), align=2)
     if dtype == types.uint16:  # bf16: the top half of an fp32
-        wide = builder.zext(bits, ir.VectorType(_I32, COPY_WIDTH))
-        return builder.bitcast(builder.shl(wide, ir.Constant(ir.VectorType(_I32, COPY_WIDTH), [16] * COPY_WIDTH)),
-                               _COPIED)
-    return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), COPY_WIDTH)), _COPIED)  # fp16
+        wide = builder.zext(bits, ir.VectorType(_I32, LANES))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.VectorType(_I32, LANES), [16] * LANES)), _COPIED)
+    return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), LANES)), _COPIED)  # fp16
 
 
 @intrinsic
@@ -95,9 +99,9 @@ def pair_tile(typingctx, rows, dim, packed, best, best_row, col, store, sources,
     ``best_row .. best_row + TILE_ROWS - 1``: lane ``col + 2i`` of row ``best_row + t`` becomes
     max(itself, <candidate t, query vector i>). The sums stay in registers for the whole of D.
     If ``load_next``, rows ``sources`` of the 2-D ``store`` (the next tile) are widened into ``next_rows``
-    as the loop goes, all but their last ``dim % COPY_WIDTH`` elements (interleaved with the arithmetic,
-    the copy runs in ports it leaves idle instead of after it), and a tile's worth of ``store``'s bytes
-    from byte ``ahead_byte`` on (the tile after) are prefetched, so that memory overlaps both.
+    as the loop goes, all their full CHUNK-long pieces (interleaved with the arithmetic, the copy runs
+    in ports it leaves idle instead of after it), and a tile's worth of ``store``'s bytes from byte
+    ``ahead_byte`` on (the tile after) are prefetched, so that memory overlaps both.
     """
     if not (isinstance(rows, types.Array) and rows.dtype == types.float32 and rows.ndim == 3 and rows.layout == "C"
             and next_rows == rows):
@@ -118,7 +122,6 @@ def pair_tile(typingctx, rows, dim, packed, best, best_row, col, store, sources,
         i8p = ir.IntType(8).as_pointer()
         ahead = builder.gep(builder.bitcast(store_data, i8p), [ahead_byte])
         step_bytes = 2 * TILE_ROWS * context.get_abi_sizeof(context.get_data_type(store_ty.dtype))
-        source_rows = [builder.mul(builder.load(builder.gep(sources, [_const(t)])), dim) for t in range(TILE_ROWS)]
         lines = -(-_UNROLL * step_bytes // 64)  # per unrolled iteration: the next tile's bytes for as many pairs
         prefetch = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p] + [_I32] * 3), "llvm.prefetch.p0")
@@ -157,10 +160,11 @@ def pair_tile(typingctx, rows, dim, packed, best, best_row, col, store, sources,
                     for v in range(VECTORS):
                         builder.store(builder.call(fmuladd, [splat, ys[v], builder.load(accs[t][v])]), accs[t][v])
 
-            def unrolled_loop(load_next):
-                """The main loop; loading the next tile is decided once, outside it (a branch inside made
-                LLVM spill the sums)."""
-                with cgutils.for_range_slice(builder, first, unrolled, _const(_UNROLL)) as (k, _):
+            def unrolled_loop(begin, end, load_next):
+                """The main loop over pair steps [begin, end). Whether it loads the next tile is decided
+                outside it (a branch inside made LLVM spill the sums); if so, unrolled step number t
+                copies candidate vector t's piece of the next tile."""
+                with cgutils.for_range_slice(builder, begin, end, _const(_UNROLL)) as (k, _):
                     for u in range(_UNROLL):
                         step(builder.add(k, _const(u)), two_elements)
                     if load_next:
@@ -168,19 +172,24 @@ def pair_tile(typingctx, rows, dim, packed, best, best_row, col, store, sources,
                         for line in range(lines):  # a prefetch never faults, whatever the address
                             builder.call(prefetch, [builder.gep(line0, [_const(64 * line)]),
                                                     ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                        offset = builder.sub(builder.mul(k, _const(2)), lo)
-                        for t in range(TILE_ROWS):
-                            src = builder.gep(store_data, [builder.add(source_rows[t], builder.mul(k, _const(2)))])
-                            dst = builder.gep(next_data, [builder.add(builder.mul(piece, _const(TILE_ROWS * CHUNK)),
-                                                                      builder.add(offset, _const(t * CHUNK)))])
-                            builder.store(_widened(builder, src, store_ty.dtype),
-                                          builder.bitcast(dst, _COPIED.as_pointer()), align=4)
+                        t = builder.udiv(builder.sub(k, first), _const(_UNROLL))
+                        row = builder.load(builder.gep(sources, [t]))
+                        src = builder.gep(store_data, [builder.add(builder.mul(row, dim), lo)])
+                        dst = builder.gep(next_data, [builder.mul(builder.add(builder.mul(piece, _const(TILE_ROWS)), t),
+                                                                  _const(CHUNK))])
+                        for v in range(CHUNK // LANES):
+                            builder.store(_widened(builder, builder.gep(src, [_const(LANES * v)]), store_ty.dtype),
+                                          builder.bitcast(builder.gep(dst, [_const(LANES * v)]),
+                                                          _COPIED.as_pointer()), align=4)
 
-            with builder.if_else(loading) as (then, otherwise):
-                with then:
-                    unrolled_loop(True)
+            full = builder.icmp_signed("==", builder.sub(hi, lo), _const(CHUNK))
+            with builder.if_else(builder.and_(loading, full)) as (then, otherwise):
+                with then:  # only full pieces: the loop copies whole pieces (a partial one is left to the caller)
+                    copied = builder.add(first, _const(COPY_STEPS))
+                    unrolled_loop(first, copied, True)
+                    unrolled_loop(copied, unrolled, False)
                 with otherwise:
-                    unrolled_loop(False)
+                    unrolled_loop(first, unrolled, False)
             with cgutils.for_range_slice(builder, unrolled, stop, _const(1)) as (k, _):
                 step(k, two_elements)
             with builder.if_then(builder.icmp_unsigned("!=", builder.urem(hi, _const(2)), _const(0))):
@@ -249,7 +258,7 @@ def outer_kernel(packed, store, token_stride, r_c, r_q, start, stop, out):
     best = np.empty((SPAN + TILE_ROWS, groups * GROUP_LANES), np.float32)  # a partial tile writes past the span
     buffers = np.empty((2, (dim + CHUNK - 1) // CHUNK, TILE_ROWS, CHUNK), np.float32)
     sources = np.empty(TILE_ROWS, np.int64)
-    copied_by_kernel = dim - dim % COPY_WIDTH
+    copied_by_kernel = dim - dim % CHUNK
     for s0 in range(start, stop, SPAN):
         s1 = min(s0 + SPAN, stop)
         best[:] = -np.inf
@@ -268,7 +277,7 @@ def outer_kernel(packed, store, token_stride, r_c, r_q, start, stop, out):
             for g in range(groups):
                 pair_tile(rows, dim, packed[g], best, c0 - s0, g * GROUP_LANES, store, sources, next_rows, ahead,
                           more and g == 0)
-            if more:  # the elements the micro-kernel's vector copy leaves
+            if more:  # a partial last piece, which the micro-kernel does not copy
                 _copy_rows(next_rows, store, sources, copied_by_kernel)
         for k in range(s1 - s0):
             for b in range(out.shape[0]):

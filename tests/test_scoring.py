@@ -171,14 +171,14 @@ def test_warm_up_compiles_both_kernels_for_every_storage_dtype():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_outer_product_kernel_across_spans_tiles_and_pieces(dtype, rng, monkeypatch):
-    """From 8 query vectors on: more candidates than one span, a partial last tile, D below, across and
-    off the micro-kernel's pieces (odd D leaves one unpaired element; none is a multiple of the vector
-    copy's width, so each next tile has a tail the loop copies), one task or several."""
+    """From 8 query vectors on: more candidates than one span, a partial last tile, D below, on, across and
+    off the micro-kernel's pieces (odd D leaves one unpaired element; the micro-kernel copies the next
+    tile's full pieces, the loop a partial last one), one task or several."""
     calls = []
     real = fused_maxsim.outer_kernel
     monkeypatch.setattr(fused_maxsim, "outer_kernel", lambda *args: calls.append(args[5:7]) or real(*args))
     n = outer_maxsim.SPAN + outer_maxsim.TILE_ROWS + 3
-    for dim in (37, outer_maxsim.CHUNK + 2, 2 * outer_maxsim.CHUNK + 1):
+    for dim in (37, outer_maxsim.CHUNK + 2, 2 * outer_maxsim.CHUNK, 2 * outer_maxsim.CHUNK + 1):
         cands = unit(n, 16, dim, generator=rng).to(dtype)
         token_major = cands.transpose(0, 1).contiguous()
         for n_queries, budget in ((1, Budget(8, 16)), (3, Budget(16, 5))):
