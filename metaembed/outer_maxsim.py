@@ -160,18 +160,19 @@ def pair_tile(typingctx, rows, dim, packed, best, best_row, col, store, sources,
                     for v in range(VECTORS):
                         builder.store(builder.call(fmuladd, [splat, ys[v], builder.load(accs[t][v])]), accs[t][v])
 
-            def unrolled_loop(begin, end, load_next):
-                """The main loop over pair steps [begin, end). Whether it loads the next tile is decided
-                outside it (a branch inside made LLVM spill the sums); if so, unrolled step number t
+            def unrolled_loop(begin, end, prefetching, copying):
+                """The main loop over pair steps [begin, end). What it loads besides is decided outside
+                it (a branch inside made LLVM spill the sums): if ``copying``, unrolled step number t
                 copies candidate vector t's piece of the next tile."""
                 with cgutils.for_range_slice(builder, begin, end, _const(_UNROLL)) as (k, _):
                     for u in range(_UNROLL):
                         step(builder.add(k, _const(u)), two_elements)
-                    if load_next:
+                    if prefetching:
                         line0 = builder.gep(ahead, [builder.mul(k, _const(step_bytes))])
                         for line in range(lines):  # a prefetch never faults, whatever the address
                             builder.call(prefetch, [builder.gep(line0, [_const(64 * line)]),
                                                     ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    if copying:
                         t = builder.udiv(builder.sub(k, first), _const(_UNROLL))
                         row = builder.load(builder.gep(sources, [t]))
                         src = builder.gep(store_data, [builder.add(builder.mul(row, dim), lo)])
@@ -183,13 +184,16 @@ def pair_tile(typingctx, rows, dim, packed, best, best_row, col, store, sources,
                                                           _COPIED.as_pointer()), align=4)
 
             full = builder.icmp_signed("==", builder.sub(hi, lo), _const(CHUNK))
-            with builder.if_else(builder.and_(loading, full)) as (then, otherwise):
-                with then:  # only full pieces: the loop copies whole pieces (a partial one is left to the caller)
-                    copied = builder.add(first, _const(COPY_STEPS))
-                    unrolled_loop(first, copied, True)
-                    unrolled_loop(copied, unrolled, False)
+            with builder.if_else(loading) as (then, otherwise):
+                with then, builder.if_else(full) as (whole, partial):
+                    with whole:  # only full pieces are copied here (a partial one is left to the caller)
+                        copied = builder.add(first, _const(COPY_STEPS))
+                        unrolled_loop(first, copied, prefetching=True, copying=True)
+                        unrolled_loop(copied, unrolled, prefetching=True, copying=False)
+                    with partial:
+                        unrolled_loop(first, unrolled, prefetching=True, copying=False)
                 with otherwise:
-                    unrolled_loop(first, unrolled, False)
+                    unrolled_loop(first, unrolled, prefetching=False, copying=False)
             with cgutils.for_range_slice(builder, unrolled, stop, _const(1)) as (k, _):
                 step(k, two_elements)
             with builder.if_then(builder.icmp_unsigned("!=", builder.urem(hi, _const(2)), _const(0))):
