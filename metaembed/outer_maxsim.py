@@ -34,7 +34,7 @@ from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from metaembed.widening import widen
+from metaembed.widening import widen, widen_bits
 
 #: Query vectors per packed group, and floats per group row (two candidate elements per vector).
 GROUP = 8
@@ -78,15 +78,11 @@ assert COPY_STEPS <= CHUNK // 2, "a piece must have a loop step for each candida
 _COPIED = ir.VectorType(_F32, LANES)
 
 
-def _widened(builder: ir.IRBuilder, src: ir.Value, dtype: types.Type) -> ir.Value:
-    """LANES elements from ``src`` as fp32 (as :func:`metaembed.widening.widen`, a vector at a time)."""
-    if dtype == types.float32:
-        return builder.load(builder.bitcast(src, _COPIED.as_pointer()), align=4)
-    bits = builder.load(builder.bitcast(src, ir.VectorType(ir.IntType(16), LANES).as_pointer()), align=2)
-    if dtype == types.uint16:  # bf16: the top half of an fp32
-        wide = builder.zext(bits, ir.VectorType(_I32, LANES))
-        return builder.bitcast(builder.shl(wide, ir.Constant(ir.VectorType(_I32, LANES), [16] * LANES)), _COPIED)
-    return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), LANES)), _COPIED)  # fp16
+def _widened(builder: ir.IRBuilder, src: ir.Value, storage: types.Type) -> ir.Value:
+    """LANES stored elements from ``src`` as fp32 (:func:`metaembed.widening.widen`, a vector at a time)."""
+    element, size = (_F32, 4) if storage == types.float32 else (ir.IntType(16), 2)
+    bits = builder.load(builder.bitcast(src, ir.VectorType(element, LANES).as_pointer()), align=size)
+    return widen_bits(builder, bits, storage)
 
 
 @intrinsic

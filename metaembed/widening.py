@@ -15,23 +15,38 @@ from numba.extending import intrinsic, overload
 BITS_AS = {torch.float32: torch.float32, torch.bfloat16: torch.uint16, torch.float16: torch.int16}
 
 
+def widen_bits(builder: ir.IRBuilder, bits: ir.Value, storage: types.Type) -> ir.Value:
+    """fp32 from stored values (one, or a vector of them), told apart by the storage element type.
+
+    fp32 is returned as is; bf16 (uint16 bits) is the top half of an fp32, so it is zero-extended and
+    shifted (vpmovzxwd + vpslld); fp16 (int16 bits) is converted (vcvtph2ps). Shared by the scalar
+    :func:`widen` and the vector copy of :mod:`metaembed.outer_maxsim`.
+    """
+    if storage == types.float32:
+        return bits
+    count = bits.type.count if isinstance(bits.type, ir.VectorType) else None
+
+    def shaped(element: ir.Type) -> ir.Type:
+        return element if count is None else ir.VectorType(element, count)
+
+    if storage == types.uint16:
+        sixteen = ir.Constant(shaped(ir.IntType(32)), 16 if count is None else [16] * count)
+        return builder.bitcast(builder.shl(builder.zext(bits, shaped(ir.IntType(32))), sixteen), shaped(ir.FloatType()))
+    return builder.fpext(builder.bitcast(bits, shaped(ir.HalfType())), shaped(ir.FloatType()))
+
+
 @intrinsic
 def _bf16_to_f32(typingctx, bits):
-    """bf16 is the top half of an fp32: zero-extend and shift (vectorises to vpmovzxwd + vpslld)."""
-
     def codegen(context, builder, sig, args):
-        wide = builder.zext(args[0], ir.IntType(32))
-        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+        return widen_bits(builder, args[0], types.uint16)
 
     return types.float32(types.uint16), codegen
 
 
 @intrinsic
 def _fp16_to_f32(typingctx, bits):
-    """IEEE half to float (vcvtph2ps); numba has no float16 type, so the bits arrive as int16."""
-
     def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return widen_bits(builder, args[0], types.int16)
 
     return types.float32(types.int16), codegen
 
