@@ -1,4 +1,4 @@
-"""``python -m metaembed.baselines {bm25,minilm,lit} --data PATH``: baseline rows for the README table."""
+"""``python -m metaembed.baselines {bm25,minilm,chunked-minilm,lit} --data PATH``: README baseline rows."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import sys
 
 from metaembed.budget import Budget
-from metaembed.eval.harness import evaluate
-from metaembed.eval.loaders import FORMATS, BeirSet, EvalDataError, load_eval_set
+from metaembed.eval.harness import EvalReport, evaluate
+from metaembed.eval.loaders import FORMATS, BeirSet, EvalDataError, MmebSet, load_eval_set
 from metaembed.eval.report import publish
 
 logger = logging.getLogger("metaembed.baselines")
@@ -19,7 +19,7 @@ SINGLE = (Budget(1, 1),)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m metaembed.baselines", description=__doc__)
-    parser.add_argument("baseline", choices=("bm25", "minilm", "lit"))
+    parser.add_argument("baseline", choices=("bm25", "minilm", "chunked-minilm", "lit"))
     parser.add_argument("--data", required=True, help="BEIR folder or MMEB .jsonl file")
     parser.add_argument("--format", choices=FORMATS, default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N queries only")
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace):
         from metaembed.baselines.bm25 import evaluate_bm25
 
         return evaluate_bm25(data)
+    if args.baseline == "chunked-minilm":
+        return evaluate_chunked(data)
     if args.baseline == "minilm":
         from metaembed.baselines.single_vector import MiniLMEncoder
 
@@ -48,6 +50,17 @@ def run(args: argparse.Namespace):
 
         encoder = load_or_train_lit(args.cache, args.config, retrain=args.retrain)
     return evaluate(encoder, data, budgets=SINGLE, label="single-vector", batch_size=32)
+
+
+def evaluate_chunked(data: BeirSet | MmebSet) -> EvalReport:
+    """One row per chunk count r (``CHUNK_COUNTS``): each r is its own encoder, scored at budget (1, r)."""
+    from metaembed.baselines.chunked import CHUNK_COUNTS, ChunkedMiniLMEncoder
+
+    reports = [evaluate(ChunkedMiniLMEncoder(r), data, budgets=(Budget(1, r),), label=f"r={r}", batch_size=32)
+               for r in CHUNK_COUNTS]
+    first = reports[0]
+    return EvalReport(model="chunked all-MiniLM-L6-v2", data=first.data, format=first.format,
+                      results=[row for report in reports for row in report.results], encoding=first.encoding)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 224
-#: all-MiniLM-L6-v2's sentence-transformers max_seq_length (longer texts are truncated, as there).
-TEXT_MAX_TOKENS = 256
+#: MiniLM's 512 positions: a page's text layer is read up to 510 word pieces + [CLS] / [SEP]
+#: (sentence-transformers' default of 256 cut most pages in half).
+TEXT_MAX_TOKENS = 512
 TEXT_DIM, IMAGE_DIM = 384, 1280
 
 
@@ -39,17 +40,27 @@ class MiniLM:
         self.model = AutoModel.from_pretrained(path).eval()
 
     @torch.no_grad()
-    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """``(n, 384)`` unit vectors."""
-        out = []
-        for lo in tqdm(range(0, len(texts), batch_size), desc="MiniLM", disable=not progress):
-            batch = self.tokenizer(list(texts[lo:lo + batch_size]), padding=True, truncation=True,
+    def token_states(self, texts: Sequence[str], batch_size: int = 32) -> list[torch.Tensor]:
+        """Per text, its last-layer states ``(T, 384)`` including [CLS] and [SEP], at most TEXT_MAX_TOKENS.
+
+        Texts are sorted by length so that a batch pads little; the states do not depend on the padding.
+        """
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo:lo + batch_size]
+            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                    max_length=TEXT_MAX_TOKENS, return_tensors="pt")
             hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, TEXT_DIM)
+            for row, i in enumerate(idx):
+                out[i] = hidden[row, : int(batch["attention_mask"][row].sum())].clone()
+        return out
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """``(n, 384)`` unit vectors: mean over every token state, as sentence-transformers pools."""
+        states = self.token_states(texts, batch_size)
+        pooled = [s.mean(0) for s in tqdm(states, desc="MiniLM", disable=not progress)]
+        return torch.nn.functional.normalize(torch.stack(pooled), dim=-1) if pooled else torch.zeros(0, TEXT_DIM)
 
 
 @lru_cache(maxsize=1)
