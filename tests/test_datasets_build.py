@@ -1,4 +1,4 @@
-"""Eval-set builders: layouts of issue 3, byte-identical rebuilds, atomic output, >= 300 rdocs queries."""
+"""Eval-set builders: layouts of issue 3, byte-identical rebuilds, atomic output, the docs-dev page set."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from metaembed.datasets import fmnist, tuxpaint
-from metaembed.datasets.build import BUILDERS, build
-from metaembed.datasets.instructions import IMAGE_TOKEN
+from metaembed.datasets import fmnist, manuals, tuxpaint
+from metaembed.datasets.build import BUILDERS, RDOCS_DPI, build
+from metaembed.datasets.instructions import IMAGE_TOKEN, TEXT_TO_PAGE
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -61,6 +62,24 @@ def test_beir_sets_are_consistent(small_builds):
     sentences = {q["_id"]: q["text"] for q in _jsonl(root / "rdocs" / "queries.jsonl")}
     for qid, doc, _ in _qrels(root / "rdocs" / "qrels" / "test.tsv"):
         assert sentences[qid] in " ".join(pages[doc].split())  # the query comes from its relevant page
+
+
+def test_docs_dev_is_rdocs_built_from_the_held_out_manual(tmp_path):
+    counts = build(tmp_path, only=["docs-dev"], limit=40)["docs-dev"]
+    root = tmp_path / "docs-dev"
+    corpus = _jsonl(root / "corpus.jsonl")
+    assert counts["corpus"] == len(corpus) == 40 and counts["queries"] >= 20
+    assert {d["_id"].split(":")[1] for d in corpus} == set(manuals.manual_names("dev")) == {"debian-reference.en.pdf"}
+    pages = {d["_id"]: d["text"] for d in corpus}
+    sentences = {q["_id"]: q["text"] for q in _jsonl(root / "queries.jsonl")}
+    qrels = _qrels(root / "qrels" / "test.tsv")
+    assert len(qrels) == len(sentences) == counts["qrels"]
+    for qid, doc, _ in qrels:
+        assert qid.startswith(doc + ":q") and sentences[qid] in " ".join(pages[doc].split())
+    rendered = Image.open(root / corpus[0]["image"])
+    assert rendered.size == next(manuals.iter_pages("debian-reference.en.pdf", dpi=RDOCS_DPI, numbers=[1])).image.size
+    info = json.loads((root / "info.json").read_text())
+    assert info["query_instruction"] == TEXT_TO_PAGE.query and "dev" in info["description"]
 
 
 def test_mmeb_sets_put_gold_first(small_builds):

@@ -54,10 +54,14 @@ def test_fmnist_test_is_first_thousand_of_t10k():
 
 
 def test_manual_splits_partition_the_listed_pdfs():
-    train, test = manuals.manual_names("train"), manuals.manual_names("test")
+    train, dev, test = (manuals.manual_names(split) for split in ("train", "dev", "test"))
     assert sorted(test) == ["R-FAQ.pdf", "R-admin.pdf", "R-data.pdf"]
-    assert not set(train) & set(test) and set(train) | set(test) == set(manuals.MANUALS)
+    assert dev == ["debian-reference.en.pdf"]
+    assert not set(train) & set(test) and not set(train) & set(dev) and not set(dev) & set(test)
+    assert set(train) | set(dev) | set(test) == set(manuals.MANUALS) and len(train) == 6
     assert sum(manuals.page_count(name) for name in test) == 178
+    with pytest.raises(ValueError, match="unknown manuals split"):
+        manuals.manual_names("validation")
 
 
 def test_tux_training_sources_never_contain_test_stamps():

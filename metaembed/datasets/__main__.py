@@ -1,4 +1,4 @@
-"""CLI: ``python -m metaembed.datasets build --out DIR [--only NAME ...] [--limit N]``."""
+"""CLI: ``python -m metaembed.datasets build --out DIR [--only NAME [NAME ...]] [--limit N]``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser = sub.add_parser("build", help="write the eval sets (BEIR / MMEB layouts) under --out")
     build_parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per set)")
-    build_parser.add_argument("--only", action="append", choices=list(BUILDERS),
-                              help="build only this set (repeatable)")
+    build_parser.add_argument("--only", action="extend", nargs="+", choices=list(BUILDERS),
+                              help="build only these sets (several names, or the option repeated)")
     build_parser.add_argument("--limit", type=int, default=None,
-                              help="small sample: first N items per set (rdocs: first N pages per manual)")
+                              help="small sample: first N items per set (rdocs, docs-dev: first N pages per manual)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

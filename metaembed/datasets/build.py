@@ -1,7 +1,7 @@
 """Build the public eval sets (issue 3) from the Debian-packaged data, deterministically and atomically.
 
-Plus two dev sets over Open Clip Art's held-out split (``oca-dev-*``): model and recipe choices are
-made on them, never on the public test sets.
+Plus dev sets for model and recipe choices, never the public test sets: Open Clip Art's held-out split
+(``oca-dev-t2i``, ``oca-dev-i2t``) and the held-out dev manual (``docs-dev``).
 
 Layouts: BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) or MMEB (``NAME.jsonl``
 rows ``qry_text, qry_img_path, tgt_text[], tgt_img_path[]``, gold first, paths relative to the file).
@@ -164,14 +164,14 @@ def build_fmnist_cls(writer: _Writer, limit: int | None) -> dict[str, int]:
     return counts
 
 
-def build_rdocs(writer: _Writer, limit: int | None) -> dict[str, int]:
-    """Pages of the test manuals (render + text layer) and sentences taken from them (see
-    ``metaembed.datasets.manuals``); ``limit`` keeps the first N pages of each test manual."""
+def _page_set(writer: _Writer, names: list[str], limit: int | None, name: str, description: str) -> dict[str, int]:
+    """Sentence -> page (BEIR) over the pages of ``names`` (render + text layer); ``limit`` keeps the first
+    N pages of each manual. Query sentences by ``manuals.query_sentences`` over the whole set."""
     pages = []
-    for name in manuals.manual_names("test"):
-        numbers = range(1, min(manuals.page_count(name), limit or 10**9) + 1)
-        for page in tqdm(manuals.iter_pages(name, dpi=RDOCS_DPI, numbers=numbers), total=len(numbers),
-                         desc=f"render {name}", leave=False):
+    for manual in names:
+        numbers = range(1, min(manuals.page_count(manual), limit or 10**9) + 1)
+        for page in tqdm(manuals.iter_pages(manual, dpi=RDOCS_DPI, numbers=numbers), total=len(numbers),
+                         desc=f"render {manual}", leave=False):
             path = f"pages/{page.manual}/{page.number:04d}.png"
             writer.bytes(path, png_bytes(page.image))
             pages.append({"_id": page.key, "image": path, "text": page.text, "_src": (page.manual, page.number)})
@@ -186,9 +186,21 @@ def build_rdocs(writer: _Writer, limit: int | None) -> dict[str, int]:
     writer.jsonl("queries.jsonl", queries)
     writer.qrels(qrels)
     counts = {"corpus": len(pages), "queries": len(queries), "qrels": len(qrels)}
-    writer.info("rdocs", "beir", TEXT_TO_PAGE,
-                f"R-FAQ, R-data, R-admin pages at {RDOCS_DPI} dpi + text layer; sentence -> its page", counts)
+    writer.info(name, "beir", TEXT_TO_PAGE, description, counts)
     return counts
+
+
+def build_rdocs(writer: _Writer, limit: int | None) -> dict[str, int]:
+    """Pages of the test manuals and sentences taken from them (see ``metaembed.datasets.manuals``)."""
+    return _page_set(writer, manuals.manual_names("test"), limit, "rdocs",
+                     f"R-FAQ, R-data, R-admin pages at {RDOCS_DPI} dpi + text layer; sentence -> its page")
+
+
+def build_docs_dev(writer: _Writer, limit: int | None) -> dict[str, int]:
+    """The same as ``rdocs`` over the dev manual (the Debian Reference), which training never reads."""
+    return _page_set(writer, manuals.manual_names("dev"), limit, "docs-dev",
+                     f"dev, not a test set: Debian Reference pages at {RDOCS_DPI} dpi + text layer "
+                     "(held out of training); sentence -> its page")
 
 
 BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
@@ -198,6 +210,7 @@ BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
     "rdocs": build_rdocs,
     "oca-dev-t2i": build_oca_dev_t2i,
     "oca-dev-i2t": build_oca_dev_i2t,
+    "docs-dev": build_docs_dev,
 }
 
 

@@ -1,7 +1,9 @@
 """Software manuals as document pages (R manuals, ReportLab user guide, Debian Reference), via pypdfium2.
 
-Split rule (../shared/docs/offline-assets.md): test manuals = R-FAQ, R-data, R-admin; train = every
-other PDF listed in ``MANUALS``. Pages are streamed one at a time (a manual can have 2,415 pages).
+Split rule (../shared/docs/offline-assets.md, plus a dev split for issue 17): test manuals = R-FAQ,
+R-data, R-admin; dev = the Debian Reference (the ``docs-dev`` set for recipe choices, so it is held out
+of training); train = every other PDF listed in ``MANUALS``. Pages are streamed one at a time (a
+manual can have 2,415 pages).
 
 Query-sentence rule (``query_sentences``), applied to a page's text layer:
 1. soft hyphens at line ends are joined (``read-\\ning`` -> ``reading``), whitespace collapsed;
@@ -41,7 +43,8 @@ MANUALS: dict[str, tuple[Path, str]] = {
     "debian-reference.en.pdf": (Path("/usr/share/debian-reference/debian-reference.en.pdf"), "debian-reference-en"),
 }
 TEST_MANUALS = ("R-FAQ.pdf", "R-data.pdf", "R-admin.pdf")
-SPLITS = ("train", "test")
+DEV_MANUALS = ("debian-reference.en.pdf",)
+SPLITS = ("train", "dev", "test")
 DEFAULT_DPI = 100
 MIN_WORDS, MAX_WORDS, MIN_ALPHA_FRACTION = 6, 30, 0.8
 
@@ -68,10 +71,13 @@ class Page:
 
 
 def manual_names(split: str) -> list[str]:
-    """File names of the ``train`` or ``test`` manuals, in listing order."""
+    """File names of the ``train``, ``dev`` or ``test`` manuals, in listing order."""
     if split not in SPLITS:
         raise ValueError(f"unknown manuals split {split!r}; expected one of {SPLITS}")
-    return [name for name in MANUALS if (name in TEST_MANUALS) == (split == "test")]
+    held_out = {"dev": DEV_MANUALS, "test": TEST_MANUALS}
+    if split in held_out:
+        return [name for name in MANUALS if name in held_out[split]]
+    return [name for name in MANUALS if name not in TEST_MANUALS + DEV_MANUALS]
 
 
 def manual_path(name: str) -> Path:
