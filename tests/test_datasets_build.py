@@ -46,7 +46,7 @@ def test_builds_are_byte_identical_and_atomic(small_builds):
 
 def test_beir_sets_are_consistent(small_builds):
     root = small_builds[0]
-    for name in ("tux-t2i", "rdocs"):
+    for name in ("tux-t2i", "rdocs", "tux-scenes", "oca-dev-scenes"):
         corpus = _jsonl(root / name / "corpus.jsonl")
         queries = _jsonl(root / name / "queries.jsonl")
         qrels = _qrels(root / name / "qrels" / "test.tsv")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
-from metaembed.datasets.training import SOURCES
+from metaembed.datasets.training import SOURCES, plan_scenes
 
 
 def test_tux_split_is_even_odd_of_sorted_paths():
@@ -83,6 +83,15 @@ def test_fmnist_and_manuals_sources_use_train_data_only():
     for e in pages:  # the query sentence is taken from the text layer of its positive page
         assert e.query.text in " ".join(e.positive.text.split())
         assert e.negative is None or e.negative.key.split(":")[1] == e.positive.key.split(":")[1] != e.negative.key
+
+
+def test_scenes_source_uses_train_pictures_only():
+    held_out = {s.key for s in tuxpaint.load_split("test")}
+    held_out |= {c.key for c in openclipart.split(openclipart.list_clips(), "dev")}
+    plan = plan_scenes(canvases=3000)
+    members = {key for scene in plan for key in scene.cells if key}
+    assert not members & held_out
+    assert {key.split(":")[0] for key in members} == {"oca", "tux"} and len(members) > 3000
 
 
 def test_openclipart_sources_are_bounded_and_use_same_category_negatives():

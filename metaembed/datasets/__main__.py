@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     build_parser.add_argument("--only", action="extend", nargs="+", choices=list(BUILDERS),
                               help="build only these sets (several names, or the option repeated)")
     build_parser.add_argument("--limit", type=int, default=None,
-                              help="small sample: first N items per set (rdocs, docs-dev: first N pages per manual)")
+                              help="small sample: first N items per set (rdocs, docs-dev: first N pages per manual; "
+                                   "*-scenes: first N canvases)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

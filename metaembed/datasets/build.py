@@ -1,7 +1,16 @@
 """Build the public eval sets (issue 3) from the Debian-packaged data, deterministically and atomically.
 
 Plus dev sets for model and recipe choices, never the public test sets: Open Clip Art's held-out split
-(``oca-dev-t2i``, ``oca-dev-i2t``) and the held-out dev manual (``docs-dev``).
+(``oca-dev-t2i``, ``oca-dev-i2t``, ``oca-dev-scenes``) and the held-out dev manual (``docs-dev``).
+
+Composite sets (``tux-scenes`` from the Tux Paint test split, ``oca-dev-scenes`` from the Open Clip
+Art dev clips): every picture is placed on ``SCENE_ROUNDS`` (4) canvases of 2x2 by ``scenes.arrange``:
+seeded permutations of the pictures (``stable_hash("<set>:<round>:<key>")`` order) concatenated and
+cut in fours, a picture whose caption is already on its canvas swapped with the nearest later (else
+earlier) one that fits, so no canvas shows one caption twice. Each picture is letterboxed on white
+into its 256 px cell (8 px margin; ``scenes.compose``), canvases stored at 512 px. One query per
+distinct caption (TEXT_TO_IMAGE instruction); relevant = every canvas holding a picture with that
+caption; ``corpus.jsonl`` rows list their ``members`` (picture keys in reading order).
 
 Layouts: BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) or MMEB (``NAME.jsonl``
 rows ``qry_text, qry_img_path, tgt_text[], tgt_img_path[]``, gold first, paths relative to the file).
@@ -24,7 +33,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
+from metaembed.datasets import fmnist, manuals, openclipart, scenes, tuxpaint
 from metaembed.datasets._assets import png_bytes, write_bytes_atomic
 from metaembed.datasets.instructions import (
     CLASSIFICATION,
@@ -42,6 +51,11 @@ TUX_MAX_SIDE = 512
 OCA_MAX_SIDE = 256
 RDOCS_DPI = manuals.DEFAULT_DPI
 RDOCS_QUERIES_PER_PAGE = 3
+#: Composite-canvas sets: 2x2 grids stored at 512 px (256 px cells), every picture on 4 canvases, so
+#: there are as many canvases as pictures and each caption is relevant to 4 of them (more if shared).
+SCENE_LAYOUT = (2, 2)
+SCENE_SIDE = 512
+SCENE_ROUNDS = 4
 
 
 class _Writer:
@@ -203,6 +217,62 @@ def build_docs_dev(writer: _Writer, limit: int | None) -> dict[str, int]:
                      "(held out of training); sentence -> its page")
 
 
+def _scene_t2i(writer: _Writer, items: list[_Captioned], limit: int | None, name: str,
+               description: str) -> dict[str, int]:
+    """Caption -> composite canvas (BEIR): ``SCENE_ROUNDS`` uses of every item, ``SCENE_LAYOUT`` per canvas.
+
+    Canvases come from ``scenes.arrange`` (no caption twice on a canvas) and ``scenes.compose`` at
+    ``SCENE_SIDE`` px; ``limit`` keeps the first N canvases. One query per distinct caption on the kept
+    canvases (in item order); relevant = every canvas holding an item with that caption. Corpus rows
+    list their ``members`` (item keys in reading order) so a reader can check the qrels; they carry no
+    text, which would give the captions away.
+    """
+    rows, cols = SCENE_LAYOUT
+    per_canvas = rows * cols
+    sizes = [per_canvas] * (len(items) * SCENE_ROUNDS // per_canvas)
+    plan = scenes.arrange([i.key for i in items], [i.caption for i in items], sizes, salt=name)[:limit]
+    inner = scenes.inner_side(scenes.cell_side(rows, cols, SCENE_SIDE))
+    fitted: dict[int, Image.Image] = {}  # each item is decoded once, kept at cell size (~60 MB for Tux)
+    corpus = []
+    for n, members in enumerate(tqdm(plan, desc=f"{name} canvases", leave=False)):
+        for i in members:
+            if i not in fitted:
+                fitted[i] = scenes.fit(items[i].load(), inner)
+        path = f"canvases/{n:04d}.png"
+        writer.bytes(path, png_bytes(scenes.compose([fitted[i] for i in members], rows, cols, SCENE_SIDE)))
+        corpus.append({"_id": f"{name}:{n:04d}", "image": path, "members": [items[i].key for i in members]})
+    present = {items[i].caption for members in plan for i in members}
+    query_ids: dict[str, str] = {}
+    for item in items:
+        if item.caption in present:
+            query_ids.setdefault(item.caption, f"q{len(query_ids):04d}")
+    relevant: dict[str, list[str]] = {qid: [] for qid in query_ids.values()}
+    for doc, members in zip(corpus, plan, strict=True):
+        for i in members:
+            relevant[query_ids[items[i].caption]].append(doc["_id"])
+    writer.jsonl("corpus.jsonl", corpus)
+    writer.jsonl("queries.jsonl", ({"_id": qid, "text": caption} for caption, qid in query_ids.items()))
+    pairs = [(qid, doc) for qid, docs in relevant.items() for doc in docs]
+    writer.qrels(pairs)
+    counts = {"corpus": len(corpus), "queries": len(query_ids), "qrels": len(pairs)}
+    writer.info(name, "beir", TEXT_TO_IMAGE, description, counts)
+    return counts
+
+
+def build_tux_scenes(writer: _Writer, limit: int | None) -> dict[str, int]:
+    return _scene_t2i(writer, _tux_items(), limit, "tux-scenes",
+                      f"Tux Paint test split, {SCENE_LAYOUT[0]}x{SCENE_LAYOUT[1]} canvases of photos on white "
+                      f"({SCENE_SIDE} px, each photo on {SCENE_ROUNDS} canvases): caption -> every canvas "
+                      "holding a photo with it")
+
+
+def build_oca_dev_scenes(writer: _Writer, limit: int | None) -> dict[str, int]:
+    return _scene_t2i(writer, _oca_dev_items(), limit, "oca-dev-scenes",
+                      f"dev, not a test set: Open Clip Art dev clips, {SCENE_LAYOUT[0]}x{SCENE_LAYOUT[1]} "
+                      f"canvases ({SCENE_SIDE} px, each clip on {SCENE_ROUNDS} canvases): title + keywords "
+                      "-> every canvas holding a clip with that text")
+
+
 BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
     "tux-t2i": build_tux_t2i,
     "tux-i2t": build_tux_i2t,
@@ -210,6 +280,8 @@ BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
     "rdocs": build_rdocs,
     "oca-dev-t2i": build_oca_dev_t2i,
     "oca-dev-i2t": build_oca_dev_i2t,
+    "tux-scenes": build_tux_scenes,
+    "oca-dev-scenes": build_oca_dev_scenes,
     "docs-dev": build_docs_dev,
 }
 

@@ -1,26 +1,29 @@
 """Training-pair sources for MMR training: ``SOURCES[name](options) -> list[TrainExample]``.
 
 Every source reads only TRAIN data (Open Clip Art's train split, its dev split held out; Tux Paint train split;
-Fashion-MNIST train files; the train manuals), so no test item can leak into training
-(``tests/test_datasets_splits.py`` proves it). Hard negatives come from the same category: the Open
-Clip Art folder, the Tux Paint top-level folder, a visually near Fashion-MNIST class, another page of
-the same manual. ``limit`` subsets are deterministic (stable-hash order, spread over categories), so a
+Fashion-MNIST train files; the train manuals, the dev and test manuals held out), so no test or dev item
+can leak into training (``tests/test_datasets_splits.py`` proves it). Hard negatives come from the same
+category: the Open Clip Art folder, the Tux Paint top-level folder, a visually near Fashion-MNIST class,
+another page of the same manual, a canvas holding a picture of the named one's
+category. ``limit`` subsets are deterministic (stable-hash order, spread over categories), so a
 config names exactly one training set. Items carry a stable ``key`` ("oca:…", "tux:…",
-"fmnist:train:N", "pdf:NAME.pdf:PAGE") that backends may use to cache frozen image features.
+"fmnist:train:N", "pdf:NAME.pdf:PAGE", "scene:N:HASH") that backends may use to cache frozen image features.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from PIL import Image
 from tqdm import tqdm
 
-from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
+from metaembed.datasets import fmnist, manuals, openclipart, scenes, tuxpaint
 from metaembed.datasets._assets import stable_hash
 from metaembed.datasets.instructions import (
     CLASSIFICATION,
@@ -53,6 +56,17 @@ def _options(options: dict, defaults: dict[str, Any], source: str) -> dict[str, 
     if unknown:
         raise ValueError(f"data source {source!r}: unknown option(s) {sorted(unknown)}; known: {sorted(defaults)}")
     return {**defaults, **options}
+
+
+def _whole(opts: dict[str, Any], name: str, source: str, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """``opts[name]`` as an int >= ``minimum`` (or None where allowed); anything else is a config error."""
+    value = opts[name]
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if allow_none else "")
+        raise ValueError(f"data source {source!r}: {name} must be {allowed}, got {value!r}")
+    return value
 
 
 def _hash_order(items: Sequence[T], key: Callable[[T], str], limit: int | None) -> list[T]:
@@ -200,6 +214,117 @@ def manuals_pages(options: dict) -> list[TrainExample]:
     return _hash_order(examples, lambda e: f"{e.positive.key}:{e.query.text}", opts["limit"])
 
 
+#: scenes_t2i layouts as (rows, cols, pictures); canvas n takes the one at stable_hash("scenes_t2i:layout:<n>").
+SCENE_LAYOUTS = ((1, 2, 2), (2, 1, 2), (2, 2, 3), (2, 2, 4))
+#: Part of every canvas key: bump it when the composition rule changes, so cached features go stale.
+SCENE_RULE = "scenes-v1"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One planned training canvas: ``cells`` = member keys in reading order (None = a blank cell),
+    ``named`` = the member whose text is the query, ``negative`` = index of the hard-negative scene."""
+
+    key: str
+    rows: int
+    cols: int
+    cells: tuple[str | None, ...]
+    named: str
+    query: str
+    negative: int | None
+
+
+@dataclass(frozen=True)
+class _Picture:
+    key: str
+    text: str
+    category: str
+    load: Callable[[int], Image.Image]
+
+
+def _scene_pictures(cache_dir: str | None) -> list[_Picture]:
+    """Open Clip Art TRAIN clips and the Tux Paint TRAIN split; categories are prefixed so they never mix."""
+    clips = openclipart.split(openclipart.list_clips(), "train")
+    return ([_Picture(c.key, c.text, f"oca:{c.category}",
+                      lambda side, c=c: openclipart.load_thumbnail(c, side, cache_dir)) for c in clips]
+            + [_Picture(s.key, s.caption, f"tux:{s.category}",
+                        lambda side, s=s: tuxpaint.load_image(s, max_side=side)) for s in tuxpaint.load_split("train")])
+
+
+def _plan(pictures: Sequence[_Picture], canvases: int, max_side: int) -> list[Scene]:
+    layouts = [SCENE_LAYOUTS[stable_hash(f"scenes_t2i:layout:{n}") % len(SCENE_LAYOUTS)] for n in range(canvases)]
+    groups = scenes.arrange([p.key for p in pictures], [p.text for p in pictures], [size for *_, size in layouts],
+                            salt="scenes_t2i")
+    by_text: dict[str, set[int]] = defaultdict(set)
+    by_category: dict[str, dict[int, None]] = defaultdict(dict)  # insertion-ordered set
+    for n, members in enumerate(groups):
+        for i in members:
+            by_text[pictures[i].text].add(n)
+            by_category[pictures[i].category][n] = None
+    plan = []
+    for n, ((rows, cols, size), members) in enumerate(zip(layouts, groups, strict=True)):
+        cells: list[str | None] = [pictures[i].key for i in members]
+        if size < rows * cols:
+            cells.insert(stable_hash(f"scenes_t2i:blank:{n}") % (rows * cols), None)
+        named = pictures[members[stable_hash(f"scenes_t2i:named:{n}") % size]]
+        excluded = by_text[named.text]  # canvases showing the named picture or one with the same text
+        pool = [m for m in by_category[named.category] if m not in excluded]
+        if not pool:
+            pool = [m for m in range(canvases) if m not in excluded]
+        digest = hashlib.sha1(f"{SCENE_RULE}:{max_side}:{rows}x{cols}:{cells}".encode()).hexdigest()[:10]
+        plan.append(Scene(f"scene:{n}:{digest}", rows, cols, tuple(cells), named.key, named.text,
+                          pool[stable_hash(f"scenes_t2i:negative:{n}") % len(pool)] if pool else None))
+    return plan
+
+
+def plan_scenes(canvases: int = 3000, max_side: int = 384) -> list[Scene]:
+    """The canvases ``scenes_t2i`` composes (no pixels): members, named picture, negative; deterministic."""
+    return _plan(_scene_pictures(None), canvases, max_side)
+
+
+def scenes_t2i(options: dict) -> list[TrainExample]:
+    """Composite TRAIN canvases: the text of one picture on a canvas -> that canvas (``scenes``).
+
+    ``canvases`` canvases of 2-4 pictures (``SCENE_LAYOUTS``, mixed by a stable hash) drawn from the
+    Open Clip Art train clips and the Tux Paint train split by ``scenes.arrange`` (every picture used
+    equally often, no text twice on a canvas), each at most ``max_side`` px (cells max_side / 2; about
+    0.3 MB a canvas at 384 px). Hard negative: a canvas without that text holding a picture of the named
+    one's category (Open Clip Art folder / Tux top-level folder), else any canvas without that text.
+    ``limit`` keeps a stable-hash subset and composes only it and its negatives; ``cache_dir`` as in
+    ``openclipart_*`` (downscaled clips on disk). Keys ``scene:<n>:<hash of rule, size, layout, members>``.
+    """
+    source = "scenes_t2i"
+    opts = _options(options, {"canvases": 3000, "max_side": 384, "limit": None, "cache_dir": None}, source)
+    canvases = _whole(opts, "canvases", source)
+    max_side = _whole(opts, "max_side", source, minimum=32)
+    pictures = _scene_pictures(opts["cache_dir"])
+    plan = _plan(pictures, canvases, max_side)
+    chosen = _hash_order(range(len(plan)), lambda n: plan[n].key, _whole(opts, "limit", source, allow_none=True))
+    needed = sorted(set(chosen) | {plan[n].negative for n in chosen if plan[n].negative is not None})
+    by_key = {p.key: p for p in pictures}
+    inner = scenes.inner_side(scenes.cell_side(2, 2, max_side))  # every layout has 2 cells on its longer side
+    fitted: dict[str, Image.Image] = {}  # each picture decoded once; freed when the canvases are done
+    images: dict[int, Image.Image] = {}
+    for n in tqdm(needed, desc=f"{source} canvases", leave=False):
+        scene = plan[n]
+        for key in scene.cells:
+            if key is not None and key not in fitted:
+                fitted[key] = scenes.fit(by_key[key].load(inner), inner)
+        images[n] = scenes.compose([None if k is None else fitted[k] for k in scene.cells], scene.rows, scene.cols,
+                                   max_side)
+    del fitted
+
+    def canvas(n: int) -> Item:
+        return Item(image=images[n], instruction=TEXT_TO_IMAGE.candidate, key=plan[n].key)
+
+    examples = [TrainExample(Item(text=plan[n].query, instruction=TEXT_TO_IMAGE.query), canvas(n),
+                             None if plan[n].negative is None else canvas(plan[n].negative), source)
+                for n in chosen]
+    logger.info("scenes_t2i: %d canvases (%d composed with their negatives) from %d train pictures",
+                len(examples), len(images), len(pictures))
+    return examples
+
+
 SOURCES: dict[str, Callable[[dict], list[TrainExample]]] = {
     "openclipart_t2i": _openclipart("t2i"),
     "openclipart_i2t": _openclipart("i2t"),
@@ -207,4 +332,5 @@ SOURCES: dict[str, Callable[[dict], list[TrainExample]]] = {
     "tux_i2t": _tux("i2t"),
     "fmnist_cls": fmnist_cls,
     "manuals_pages": manuals_pages,
+    "scenes_t2i": scenes_t2i,
 }
