@@ -73,16 +73,65 @@ def test_tux_training_sources_never_contain_test_stamps():
         assert keys and not keys & test_keys
 
 
-def test_fmnist_and_manuals_sources_use_train_data_only():
+@pytest.fixture(scope="module")
+def manual_reads():
+    """Every (manual, page) that the manuals source reads, recorded by wrapping the real page reader."""
+    reads: list[tuple[str, int]] = []
+    real = manuals.iter_pages
+
+    def recording(name, *args, **kwargs):
+        for page in real(name, *args, **kwargs):
+            reads.append((name, page.number))
+            yield page
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manuals, "iter_pages", recording)
+        adjacent = SOURCES["manuals_pages"]({"max_pages": 4, "dpi": 20, "max_side": 64})
+        random = SOURCES["manuals_pages"]({"max_pages": 4, "dpi": 20, "negative": "random"})
+    return reads, adjacent, random
+
+
+def test_fmnist_and_manuals_sources_use_train_data_only(manual_reads):
     fm = SOURCES["fmnist_cls"]({"per_class": 5})
     assert len(fm) == 50 and all(e.query.key.startswith("fmnist:train:") for e in fm)
     assert all(e.negative.text != e.positive.text for e in fm)
-    pages = SOURCES["manuals_pages"]({"max_pages": 4, "dpi": 20})
-    used = {item.key.split(":")[1] for e in pages for item in (e.positive, e.negative) if item}
-    assert pages and used <= set(manuals.manual_names("train"))
-    for e in pages:  # the query sentence is taken from the text layer of its positive page
-        assert e.query.text in " ".join(e.positive.text.split())
-        assert e.negative is None or e.negative.key.split(":")[1] == e.positive.key.split(":")[1] != e.negative.key
+    reads, adjacent, random = manual_reads
+    assert {name for name, _ in reads} == set(manuals.manual_names("train"))  # never a dev or test page
+    for pages in (adjacent, random):
+        used = {item.key.split(":")[1] for e in pages for item in (e.positive, e.negative) if item}
+        assert pages and used <= set(manuals.manual_names("train"))
+        for e in pages:  # the query sentence is taken from the text layer of its positive page
+            assert e.query.text in " ".join(e.positive.text.split())
+            assert e.negative.key.split(":")[1] == e.positive.key.split(":")[1] and e.negative.key != e.positive.key
+
+
+def test_manuals_negatives_are_adjacent_pages_with_text_or_other_chosen_pages(manual_reads):
+    _, adjacent, random = manual_reads
+    assert all(max(e.positive.image.size) <= 64 for e in adjacent)  # downscaled at render time
+    assert max(max(e.positive.image.size) for e in random) > 64  # the default max_side (256) keeps 20 dpi
+    for e in adjacent:
+        _, manual, page = e.positive.key.split(":")
+        page, other = int(page), int(e.negative.key.rsplit(":", 1)[1])
+        assert e.negative.text and other != page
+        between = range(min(page, other) + 1, max(page, other))  # nearest page with text on that side
+        assert all(not p.text.strip() for p in manuals.iter_pages(manual, dpi=None, numbers=between))
+    positives = {e.positive.key for e in random}
+    assert {e.negative.key for e in random} <= positives
+    assert len(adjacent) == len(random)  # the same pages and sentences; only the negatives differ
+    assert {e.negative.key for e in adjacent} != {e.negative.key for e in random}
+    for bad in ({"negative": "nearest"}, {"max_pages": 0}, {"max_side": 2.5}):
+        with pytest.raises(ValueError, match="manuals_pages"):
+            SOURCES["manuals_pages"](bad)
+
+
+@pytest.mark.slow
+def test_manuals_source_can_read_every_train_page():
+    examples = SOURCES["manuals_pages"]({"max_pages": None, "dpi": 10, "max_side": 32})
+    texts = [(p.manual, p.number, p.text) for name in manuals.manual_names("train")
+             for p in manuals.iter_pages(name, dpi=None)]
+    with_sentences = {f"pdf:{m}:{n}" for (m, n), s in manuals.query_sentences(texts).items() if s}
+    assert {e.positive.key for e in examples} == with_sentences and len(with_sentences) > 2000
+    assert {e.positive.key.split(":")[1] for e in examples} == set(manuals.manual_names("train"))
 
 
 def test_scenes_source_uses_train_pictures_only():

@@ -103,10 +103,12 @@ def page_count(name: str) -> int:
         document.close()
 
 
-def iter_pages(name: str, dpi: int | None = DEFAULT_DPI, numbers: Iterable[int] | None = None) -> Iterator[Page]:
+def iter_pages(name: str, dpi: int | None = DEFAULT_DPI, numbers: Iterable[int] | None = None,
+               max_side: int | None = None) -> Iterator[Page]:
     """Stream pages of a manual: its text layer and, unless ``dpi`` is None, an RGB render at ``dpi``.
 
-    ``numbers`` (1-based) picks pages; default every page in order.
+    ``numbers`` (1-based) picks pages; default every page in order. ``max_side`` downscales each render
+    right away (longer side <= ``max_side``), so only one full-size render is ever held.
     """
     document = pdfium.PdfDocument(manual_path(name))
     try:
@@ -120,6 +122,8 @@ def iter_pages(name: str, dpi: int | None = DEFAULT_DPI, numbers: Iterable[int] 
                 text = clean_text(textpage.get_text_range())
                 textpage.close()
                 image = page.render(scale=dpi / 72).to_pil().convert("RGB") if dpi else None
+                if image is not None and max_side is not None and max(image.size) > max_side:
+                    image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             finally:
                 page.close()
             yield Page(name, number, text, image)

@@ -4,7 +4,7 @@ Every source reads only TRAIN data (Open Clip Art's train split, its dev split h
 Fashion-MNIST train files; the train manuals, the dev and test manuals held out), so no test or dev item
 can leak into training (``tests/test_datasets_splits.py`` proves it). Hard negatives come from the same
 category: the Open Clip Art folder, the Tux Paint top-level folder, a visually near Fashion-MNIST class,
-another page of the same manual, a canvas holding a picture of the named one's
+a neighbouring (or another) page of the same manual, a canvas holding a picture of the named one's
 category. ``limit`` subsets are deterministic (stable-hash order, spread over categories), so a
 config names exactly one training set. Items carry a stable ``key`` ("oca:…", "tux:…",
 "fmnist:train:N", "pdf:NAME.pdf:PAGE", "scene:N:HASH") that backends may use to cache frozen image features.
@@ -12,6 +12,7 @@ config names exactly one training set. Items carry a stable ``key`` ("oca:…", 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import weakref
@@ -180,37 +181,76 @@ def fmnist_cls(options: dict) -> list[TrainExample]:
     return _hash_order(examples, lambda e: e.query.key or "", opts["limit"])
 
 
-def manuals_pages(options: dict) -> list[TrainExample]:
-    """TRAIN manuals: query sentence -> the page (render + text layer) it came from.
+MANUAL_NEGATIVES = ("adjacent", "random")
 
-    ``max_pages`` pages per manual, evenly spaced over it; sentences by ``manuals.query_sentences``
-    (``per_page`` each); only pages that yield a sentence are rendered, at ``dpi``. Negative = another
-    of the chosen pages of the same manual.
+
+def _adjacent_pages(texts: dict[tuple[str, int], str], pages: Sequence[tuple[str, int]]) -> list[int | None]:
+    """For each ``(manual, number)``, the previous or next page of that manual with a text layer (the
+    nearer one each way; which of the two by a stable hash), or None when the manual has no other."""
+    with_text: dict[str, list[int]] = defaultdict(list)
+    for (manual, number), text in sorted(texts.items()):
+        if text.strip():
+            with_text[manual].append(number)
+    result: list[int | None] = []
+    for manual, number in pages:
+        numbers = with_text[manual]
+        at = bisect.bisect_left(numbers, number)
+        after = at + (at < len(numbers) and numbers[at] == number)
+        sides = ([numbers[at - 1]] if at > 0 else []) + ([numbers[after]] if after < len(numbers) else [])
+        result.append(sides[stable_hash(f"manuals_pages:adjacent:{manual}:{number}") % len(sides)] if sides else None)
+    return result
+
+
+def manuals_pages(options: dict) -> list[TrainExample]:
+    """TRAIN manuals (never the dev or test ones): query sentence -> the page (render + text layer) it came from.
+
+    ``max_pages`` pages per manual, evenly spaced over it (``None``: every page); sentences by
+    ``manuals.query_sentences`` over the text layers of every train page (``per_page`` each), so a
+    sentence found on two pages is never a query. Only pages that yield a sentence, and their
+    negatives, are rendered, at ``dpi``, each downscaled at once to ``max_side`` px (``None``: kept at
+    full size; about 0.15 MB a page at 256 px, so all ~3,000 train pages fit in ~0.5 GB). Negative
+    (``negative``): ``adjacent`` = the previous or next page of the same manual that has text (the
+    closest distractor: same layout, same topic), ``random`` = another chosen page of the same manual.
     """
-    opts = _options(options, {"max_pages": 60, "dpi": 60, "per_page": 3, "limit": None}, "manuals_pages")
-    chosen: dict[str, list[int]] = {}
-    for name in manuals.manual_names("train"):
-        count = manuals.page_count(name)
-        step = max(1.0, count / int(opts["max_pages"]))
-        chosen[name] = sorted({1 + int(i * step) for i in range(min(count, int(opts["max_pages"])))})
-    texts = [(p.manual, p.number, p.text) for name, numbers in chosen.items()
-             for p in manuals.iter_pages(name, dpi=None, numbers=numbers)]
-    sentences = manuals.query_sentences(texts, per_page=int(opts["per_page"]))
-    pages: list[manuals.Page] = []
-    for name, candidates in chosen.items():
-        numbers = [n for n in candidates if sentences[(name, n)]]
-        pages.extend(tqdm(manuals.iter_pages(name, dpi=int(opts["dpi"]), numbers=numbers),
-                          total=len(numbers), desc=f"render {name}", leave=False))
-    page_items = [Item(image=p.image, text=p.text or None, instruction=TEXT_TO_PAGE.candidate, key=p.key)
-                  for p in pages]
-    negatives = _negatives([p.manual for p in pages], [p.key for p in pages], "manuals_pages")
+    source = "manuals_pages"
+    opts = _options(options, {"max_pages": 60, "dpi": 60, "max_side": 256, "per_page": 3,
+                              "negative": "adjacent", "limit": None}, source)
+    max_pages = _whole(opts, "max_pages", source, allow_none=True)
+    max_side = _whole(opts, "max_side", source, allow_none=True)
+    if opts["negative"] not in MANUAL_NEGATIVES:
+        raise ValueError(f"data source {source!r}: negative must be one of {MANUAL_NEGATIVES}, "
+                         f"got {opts['negative']!r}")
+    names = manuals.manual_names("train")
+    texts = {(p.manual, p.number): p.text for name in names for p in manuals.iter_pages(name, dpi=None)}
+    sentences = manuals.query_sentences([(*page, text) for page, text in texts.items()], per_page=int(opts["per_page"]))
+    positives: list[tuple[str, int]] = []
+    for name in names:
+        count = sum(1 for manual, _ in texts if manual == name)
+        take = count if max_pages is None else min(count, max_pages)
+        numbers = sorted({1 + int(i * max(1.0, count / take)) for i in range(take)})
+        positives.extend((name, n) for n in numbers if sentences[(name, n)])
+    if opts["negative"] == "adjacent":
+        negative_pages = [None if n is None else (page[0], n)
+                          for page, n in zip(positives, _adjacent_pages(texts, positives), strict=True)]
+    else:
+        picks = _negatives([manual for manual, _ in positives], [f"{m}:{n}" for m, n in positives], source)
+        negative_pages = [None if j is None else positives[j] for j in picks]
+    wanted = sorted(set(positives) | {page for page in negative_pages if page is not None})
+    items: dict[tuple[str, int], Item] = {}
+    for name in names:
+        numbers = [n for manual, n in wanted if manual == name]
+        for p in tqdm(manuals.iter_pages(name, dpi=int(opts["dpi"]), numbers=numbers, max_side=max_side),
+                      total=len(numbers), desc=f"render {name}", leave=False):
+            items[(name, p.number)] = Item(image=p.image, text=p.text or None, instruction=TEXT_TO_PAGE.candidate,
+                                           key=p.key)
     examples = []
-    for i, page in enumerate(pages):
-        negative = None if negatives[i] is None else page_items[negatives[i]]
-        for sentence in sentences[(page.manual, page.number)]:
+    for page, negative in zip(positives, negative_pages, strict=True):
+        for sentence in sentences[page]:
             query = Item(text=sentence, instruction=TEXT_TO_PAGE.query)
-            examples.append(TrainExample(query, page_items[i], negative, "manuals_pages"))
-    logger.info("manuals_pages: %d sentences from %d pages of %d train manuals", len(examples), len(pages), len(chosen))
+            examples.append(TrainExample(query, items[page], None if negative is None else items[negative], source))
+    logger.info("manuals_pages: %d sentences from %d pages of %d train manuals (%d pages rendered with the "
+                "%s negatives, %d pages read)", len(examples), len(positives), len(names), len(items),
+                opts["negative"], len(texts))
     return _hash_order(examples, lambda e: f"{e.positive.key}:{e.query.text}", opts["limit"])
 
 
