@@ -1,4 +1,4 @@
-"""MetaEmbed Explorer: a thin Gradio UI over :mod:`metaembed.explorer` (all logic lives there).
+"""MetaEmbed Explorer: a thin Gradio UI over :mod:`explorer` (all logic lives there).
 
 Run ``python app.py [--host H] [--port P]`` (``GRADIO_SERVER_PORT`` / ``GRADIO_SERVER_NAME`` are honoured).
 Model, gallery, eval set and upload caps come from ``METAEMBED_*`` environment variables (README).
@@ -20,12 +20,12 @@ import gradio as gr
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from explorer import scale
+from explorer.config import ExplorerConfig
+from explorer.errors import ExplorerError
+from explorer.search import MAX_K
+from explorer.service import DEMO, OWN, Explorer
 from metaembed.budget import TRAINED_GROUPS
-from metaembed.explorer import scale
-from metaembed.explorer.config import ExplorerConfig
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.search import MAX_K
-from metaembed.explorer.service import DEMO, OWN, Explorer
 
 logger = logging.getLogger("metaembed.app")
 

@@ -1,4 +1,4 @@
-"""The explorer library (metaembed.explorer) without a server: fast checks with the toy encoder and a real
+"""The explorer library (explorer) without a server: fast checks with the toy encoder and a real
 index_builder gallery."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 from app_fixtures import PDF_PAGES, SHAPES, draw, write_inputs
 from toy_encoder import ToyEncoder
 
+from explorer import scale, tradeoff
+from explorer.config import ExplorerConfig, UploadCaps
+from explorer.errors import ExplorerError
+from explorer.gallery import resolve_gallery_dir
+from explorer.service import Explorer
 from index_builder import build
 from metaembed.budget import Budget
-from metaembed.explorer import scale, tradeoff
-from metaembed.explorer.config import ExplorerConfig, UploadCaps
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.gallery import resolve_gallery_dir
-from metaembed.explorer.service import Explorer
 from metaembed.models import ALIASES
 from metaembed.scoring import maxsim_pairs
 
@@ -230,7 +230,7 @@ def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path)
 def test_attention_hook_reads_the_real_mini_without_changing_it():
     import torch
 
-    from metaembed.explorer.attention import candidate_attention, overlay
+    from explorer.attention import candidate_attention, overlay
     from metaembed.models import Item
     from metaembed.models.mini import MiniMetaEmbed
 

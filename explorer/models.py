@@ -11,7 +11,7 @@ import threading
 import weakref
 from pathlib import Path
 
-from metaembed.explorer.errors import ExplorerError
+from explorer.errors import ExplorerError
 from metaembed.models import ALIASES, MetaEmbedEncoder, ModelLoadError, load_encoder
 
 logger = logging.getLogger(__name__)

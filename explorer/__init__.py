@@ -1,11 +1,11 @@
 """UI-free library behind the explorer app: sessions, search with live figures, token matches,
 budget trade-offs, the scale calculator and per-session upload galleries.
 
-``app.py`` is a thin Gradio layer over :class:`metaembed.explorer.service.Explorer`; nothing here
+``app.py`` is a thin Gradio layer over :class:`explorer.service.Explorer`; nothing here
 imports gradio, so the same calls are usable from notebooks and tests.
 """
 
-from metaembed.explorer.config import ExplorerConfig
-from metaembed.explorer.errors import ExplorerError
+from explorer.config import ExplorerConfig
+from explorer.errors import ExplorerError
 
 __all__ = ["ExplorerConfig", "ExplorerError"]

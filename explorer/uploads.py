@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from explorer.config import UploadCaps
+from explorer.errors import ExplorerError
+from explorer.session import Session
 from index_builder import GalleryError, InputSkipped, build
 from index_builder.discovery import Found, classify
 from index_builder.pdf import count_pages
-from metaembed.explorer.config import UploadCaps
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.session import Session
 from metaembed.models import MetaEmbedEncoder
 
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from PIL import Image
 
+from explorer.errors import ExplorerError
+from explorer.gallery import item_caption
+from explorer.models import fingerprint
+from explorer.session import Ranking, Session, query_key
 from metaembed.budget import Budget, BudgetError
 from metaembed.costs import scoring_flops
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.gallery import item_caption
-from metaembed.explorer.models import fingerprint
-from metaembed.explorer.session import Ranking, Session, query_key
 from metaembed.models import Item, MetaEmbedEncoder
 
 MAX_K = 50

@@ -1,5 +1,5 @@
 """The explorer's single entry point: one :class:`Explorer` per process, shared by all visitors,
-with per-visitor :class:`~metaembed.explorer.session.Session` state looked up by session id.
+with per-visitor :class:`~explorer.session.Session` state looked up by session id.
 
 Every public method takes the session id first and returns plain data (lists, dicts, PIL images,
 plotly figures); every user mistake raises :class:`ExplorerError` with a message to show as-is.
@@ -17,16 +17,10 @@ from typing import Any
 import plotly.graph_objects as go
 from PIL import Image
 
-from index_builder.errors import InputSkipped
-from index_builder.images import load_image
-from metaembed import fused_maxsim
-from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
-from metaembed.datasets import MissingDataError
-from metaembed.datasets.build import build as build_eval_sets
-from metaembed.explorer import attention, scale, tradeoff, uploads
-from metaembed.explorer.config import ExplorerConfig
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.gallery import (
+from explorer import attention, scale, tradeoff, uploads
+from explorer.config import ExplorerConfig
+from explorer.errors import ExplorerError
+from explorer.gallery import (
     DemoGallery,
     check_match,
     display_image,
@@ -36,8 +30,8 @@ from metaembed.explorer.gallery import (
     open_gallery,
     query_instruction,
 )
-from metaembed.explorer.models import ModelCache, fingerprint
-from metaembed.explorer.search import (
+from explorer.models import ModelCache, fingerprint
+from explorer.search import (
     Query,
     SearchOutcome,
     check_budget,
@@ -45,8 +39,14 @@ from metaembed.explorer.search import (
     figures_markdown,
     run_search,
 )
-from metaembed.explorer.session import Session, SessionStore
-from metaembed.explorer.tokens import heatmap_figure, token_view
+from explorer.session import Session, SessionStore
+from explorer.tokens import heatmap_figure, token_view
+from index_builder.errors import InputSkipped
+from index_builder.images import load_image
+from metaembed import fused_maxsim
+from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
+from metaembed.datasets import MissingDataError
+from metaembed.datasets.build import build as build_eval_sets
 from metaembed.models import MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from explorer.errors import ExplorerError
 from metaembed.budget import Budget
 from metaembed.eval.harness import BEIR_K_VALUES, BudgetResult, EvalReport, evaluate
 from metaembed.eval.loaders import EvalDataError, load_eval_set
-from metaembed.explorer.errors import ExplorerError
 from metaembed.metrics import evaluate as trec_evaluate
 from metaembed.models import Item, MetaEmbedEncoder
 

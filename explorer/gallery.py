@@ -12,12 +12,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from explorer.errors import ExplorerError
+from explorer.models import fingerprint
 from index_builder import GalleryError, InputSkipped, load_gallery
 from index_builder.images import load_image
 from index_builder.pdf import iter_pages
 from metaembed.datasets.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.models import fingerprint
 from metaembed.models import MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metaembed.explorer.errors import ExplorerError
+from explorer.errors import ExplorerError
 from metaembed.models import Item, MetaEmbedEncoder
 from metaembed.models.mini import letterbox
 

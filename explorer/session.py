@@ -55,7 +55,7 @@ class Session:
     id: str
     workdir: Path
     gallery_choice: str = "demo"
-    own_gallery: object | None = None  # metaembed.explorer.gallery.Gallery; typed loosely to avoid a cycle
+    own_gallery: object | None = None  # explorer.gallery.Gallery; typed loosely to avoid a cycle
     model_name: str | None = None
     encode_count: int = 0
     previous: Ranking | None = None
