@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 import zipfile
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from explorer.errors import ExplorerError
 from metaembed.budget import Budget
 from metaembed.eval.harness import BEIR_K_VALUES, BudgetResult, EvalReport, evaluate
 from metaembed.eval.loaders import EvalDataError, load_eval_set
+from metaembed.io import JsonlError, read_jsonl
 from metaembed.metrics import evaluate as trec_evaluate
 from metaembed.models import Item, MetaEmbedEncoder
 
@@ -43,21 +43,17 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """``query,relevant_item`` rows from a CSV (with header) or JSONL file; errors name the line."""
-    text = path.read_text(encoding="utf-8", errors="strict")
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ExplorerError(f"{path.name}, line {line_no}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row.get("relevant_item"):
-                raise ExplorerError(f"{path.name}, line {line_no}: need string fields 'query' and 'relevant_item'")
-            pairs.append((row["query"], str(row["relevant_item"])))
+        try:
+            for line_no, row in read_jsonl(path):
+                if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row.get("relevant_item"):
+                    raise ExplorerError(f"{path.name}, line {line_no}: need string fields 'query' and 'relevant_item'")
+                pairs.append((row["query"], str(row["relevant_item"])))
+        except JsonlError as err:
+            raise ExplorerError(f"{path.name}, line {err.line}: not valid JSON ({err.msg})") from err
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8", errors="strict")))
         if not reader.fieldnames or not {"query", "relevant_item"} <= set(reader.fieldnames):
             raise ExplorerError(f"{path.name}, line 1: the header must name the columns query,relevant_item")
         for line_no, row in enumerate(reader, start=2):

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from index_builder.errors import GalleryError
-from index_builder.storage import write_json_atomic
-from metaembed.index import MultiVectorIndex, dtype_name
+from metaembed.index import MultiVectorIndex
+from metaembed.io import DTYPES, atomic_write_json, dtype_name
 from metaembed.models import MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ MANIFEST = "manifest.json"
 INDEX_DIR = "index"
 THUMBS_DIR = "thumbs"
 REPORT = "report.json"
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def thumb_name(item_id: str) -> str:
@@ -72,8 +70,8 @@ class Gallery:
     ) -> Gallery:
         """Resume the gallery in ``directory`` (same model required) or start a new one there."""
         directory = Path(directory)
-        if dtype not in _DTYPES.values():
-            raise GalleryError(f"unsupported vector dtype {dtype}; use one of {', '.join(_DTYPES)}")
+        if dtype not in DTYPES.values():
+            raise GalleryError(f"unsupported vector dtype {dtype}; use one of {', '.join(DTYPES)}")
         if (directory / MANIFEST).exists():
             gallery = cls.open(directory)
             gallery.check_model(encoder)
@@ -93,13 +91,13 @@ class Gallery:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / MANIFEST, manifest)
+        atomic_write_json(directory / MANIFEST, manifest)
         return cls(directory, manifest, _new_index(manifest))
 
     # -- model ---------------------------------------------------------------------------------------
     @property
     def index_dtype(self) -> torch.dtype:
-        return _DTYPES[self.manifest["dtype"]]
+        return DTYPES[self.manifest["dtype"]]
 
     @property
     def fingerprint(self) -> str:
@@ -132,7 +130,7 @@ class Gallery:
         self.index.save(self.dir / INDEX_DIR)
 
     def write_report(self, report: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / REPORT, report)
+        atomic_write_json(self.dir / REPORT, report)
 
     def relpath(self, path: Path) -> str:
         """``path`` relative to the gallery folder (posix), so a gallery can be moved with its sources."""
@@ -158,7 +156,7 @@ def _new_index(manifest: dict[str, Any]) -> MultiVectorIndex:
     return MultiVectorIndex(
         dim=int(manifest["dim"]),
         num_vectors=int(manifest["r_c"]),
-        dtype=_DTYPES[manifest["dtype"]],
+        dtype=DTYPES[manifest["dtype"]],
         model_name=manifest["model"]["name"],
         model_fingerprint=manifest["model"]["fingerprint"],
     )

@@ -17,6 +17,7 @@ import torch
 
 from metaembed import store
 from metaembed.budget import Budget
+from metaembed.io import DTYPES, dtype_name
 from metaembed.scoring import maxsim, topk
 from metaembed.store import IndexLoadError
 
@@ -24,14 +25,6 @@ if TYPE_CHECKING:  # faiss is imported only when a first stage is first used
     from metaembed.first_stage import TokenZeroIndex
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"`` (the name stored in manifests)."""
-    return str(dtype).removeprefix("torch.")
-
 
 @dataclass
 class SearchResult:
@@ -60,8 +53,8 @@ class MultiVectorIndex:
         model_name: str | None = None,
         model_fingerprint: str | None = None,
     ) -> None:
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported storage dtype {dtype}; use one of {', '.join(_DTYPES)}")
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported storage dtype {dtype}; use one of {', '.join(DTYPES)}")
         self.dim, self.num_vectors, self.dtype = dim, num_vectors, dtype
         self.model_name, self.model_fingerprint = model_name, model_fingerprint
         self._store = torch.empty(num_vectors, 0, dim, dtype=dtype)
@@ -252,7 +245,7 @@ class MultiVectorIndex:
         """Load an index written by :meth:`save`; any inconsistency raises :class:`IndexLoadError`."""
         vectors, manifest = store.read_index(directory, verify=verify)
         try:
-            dtype = _DTYPES[manifest["dtype"]]
+            dtype = DTYPES[manifest["dtype"]]
             shape = (int(manifest["num_vectors"]), int(manifest["count"]), int(manifest["dim"]))
             ids, metadata = list(manifest["ids"]), list(manifest["metadata"])
             model = manifest.get("model") or {}
@@ -276,4 +269,4 @@ def read_extra(directory: str | Path) -> dict[str, Any]:
     return dict(store.read_manifest(directory).get("extra") or {})
 
 
-__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult", "dtype_name", "read_extra"]
+__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult", "read_extra"]
