@@ -6,7 +6,7 @@ made on them, never on the public test sets.
 Layouts: BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) or MMEB (``NAME.jsonl``
 rows ``qry_text, qry_img_path, tgt_text[], tgt_img_path[]``, gold first, paths relative to the file).
 Every set also gets ``info.json`` (task, instructions, counts). Same input files -> byte-identical
-output: sorted keys, fixed PNG settings, no timestamps. Each set is written to ``NAME.tmp`` and
+output: sorted keys, fixed PNG settings, no timestamps. Each set is written to a temporary folder and
 renamed into place, so a reader never sees half a set.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
-from metaembed.datasets._assets import png_bytes, write_bytes_atomic
+from metaembed.datasets._assets import png_bytes
 from metaembed.datasets.instructions import (
     CLASSIFICATION,
     IMAGE_TO_TEXT,
@@ -34,6 +32,7 @@ from metaembed.datasets.instructions import (
     Task,
     mmeb_query_text,
 )
+from metaembed.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
 def build(out: Path, only: Iterable[str] | None = None, limit: int | None = None) -> dict[str, dict[str, int]]:
     """Build the named eval sets (default all) under ``out``; returns counts per set.
 
-    Each set goes to ``out/NAME.tmp`` first and replaces ``out/NAME`` only when complete.
+    Each set goes to a temporary folder first and replaces ``out/NAME`` only when complete.
     """
     names = list(only) if only else list(BUILDERS)
     unknown = [n for n in names if n not in BUILDERS]
@@ -215,23 +214,10 @@ def build(out: Path, only: Iterable[str] | None = None, limit: int | None = None
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in names:
-        final, tmp = out / name, out / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with atomic_directory(out / name) as tmp:  # the previous set disappears only once the new one is complete
             results[name] = BUILDERS[name](_Writer(tmp), limit)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = out / f"{name}.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)  # two renames: the previous set disappears only once the new one is complete
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        logger.info("built %s: %s", final, results[name])
-    write_bytes_atomic(out / "counts.json", (json.dumps(_merged_counts(out, results), sort_keys=True, indent=1)
-                                            + "\n").encode())
+        logger.info("built %s: %s", out / name, results[name])
+    atomic_write_json(out / "counts.json", _merged_counts(out, results), indent=1, sort_keys=True)
     return results
 
 

@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from metaembed.io import atomic_write, atomic_write_json
 from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
 
 logger = logging.getLogger(__name__)
@@ -211,9 +211,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         directory.mkdir(parents=True, exist_ok=True)
         self._unmerge()
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.trainable_state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        text = json.dumps(self.config, indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        atomic_write_json(directory / CONFIG_NAME, self.config, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> MiniMetaEmbed:
@@ -506,7 +505,7 @@ def save_feature_cache(cache: dict[str, torch.Tensor], path: str | Path) -> None
     """Write a feature cache as safetensors (keys hashed: safetensors names must be plain strings)."""
     names = {hashlib.sha1(k.encode()).hexdigest(): k for k in cache}
     tensors = {h: cache[k].contiguous() for h, k in names.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(names)}))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"keys": json.dumps(names)}))
 
 
 def load_feature_cache(path: str | Path) -> dict[str, torch.Tensor]:
@@ -520,14 +519,3 @@ def load_feature_cache(path: str | Path) -> dict[str, torch.Tensor]:
         names = json.loads((handle.metadata() or {}).get("keys", "{}"))
         return {names[h]: handle.get_tensor(h) for h in handle.keys() if h in names}
 
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shipped checkpoint must be readable by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

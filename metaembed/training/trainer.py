@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from metaembed.io import atomic_write
 from metaembed.models import MetaEmbedEncoder, backend_class, pick_device
 from metaembed.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metaembed.training.config import ScheduleConfig, TrainConfig
@@ -149,9 +149,7 @@ class Trainer:
             return
         path = Path(self.cfg.log_file)
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        atomic_write(path, "".join(line + "\n" for line in kept).encode())
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.cfg.log_file:
