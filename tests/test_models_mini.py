@@ -195,6 +195,7 @@ def test_shipped_checkpoint_loads_offline_by_default(monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 def test_training_smoke_with_the_shipped_config(tmp_path: Path) -> None:
     """A few real steps of configs/mini.yaml on a tiny subset of every source; the result loads back."""
+    from metaembed.datasets.training import SOURCES
     from metaembed.training.config import config_from_dict
     from metaembed.training.trainer import Trainer
 
@@ -206,7 +207,7 @@ def test_training_smoke_with_the_shipped_config(tmp_path: Path) -> None:
     raw.update(steps=2, batch_size=6, output_dir=str(tmp_path / "model"), log_file=str(tmp_path / "log.jsonl"),
                checkpoint_dir=None, checkpoint_every=0)
     raw["schedule"]["warmup_steps"] = 1
-    trainer = Trainer(config_from_dict(raw, "mini-smoke"), device="cpu")
+    trainer = Trainer(config_from_dict(raw, "mini-smoke"), SOURCES, device="cpu")
     before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
     trainer.train()
     logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -14,10 +14,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from metaembed.examples import TrainExample  # noqa: E402
 from metaembed.models import Item, ModelLoadError, load_encoder  # noqa: E402
 from metaembed.models.qwen import QwenMetaEmbed  # noqa: E402
 from metaembed.training.config import config_from_dict  # noqa: E402
-from metaembed.training.data import TrainExample  # noqa: E402
 from metaembed.training.loss import MMRLoss  # noqa: E402
 from metaembed.training.trainer import Trainer  # noqa: E402
 

@@ -28,8 +28,8 @@ from metaembed.datasets.instructions import (
     TEXT_TO_IMAGE,
     TEXT_TO_PAGE,
 )
+from metaembed.examples import TrainExample
 from metaembed.models.base import Item
-from metaembed.training.data import TrainExample
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,7 +7,6 @@ the README section "Training" and /work/helpers/TRAINER_API.md.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -19,11 +18,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from metaembed.examples import Source, TrainExample
 from metaembed.io import atomic_write
 from metaembed.models import MetaEmbedEncoder, backend_class, pick_device
 from metaembed.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metaembed.training.config import ScheduleConfig, TrainConfig
-from metaembed.training.data import MixtureSampler, Source, TrainExample, build_sampler
+from metaembed.training.data import MixtureSampler, build_sampler
 from metaembed.training.loss import MMRLoss
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,16 @@ def build_model(cfg: TrainConfig, device: torch.device, encoder_cls: type[MetaEm
 
 
 class Trainer:
-    """Owns model, loss, optimiser, scheduler, sampler, logs and checkpoints for one config."""
+    """Owns model, loss, optimiser, scheduler, sampler, logs and checkpoints for one config.
+
+    ``registry`` maps the data-source names a config may use to their functions (the CLI passes
+    :data:`metaembed.datasets.training.SOURCES`; tests pass their own): training never imports datasets.
+    """
 
     def __init__(
         self,
         cfg: TrainConfig,
-        registry: Mapping[str, Source] | None = None,
+        registry: Mapping[str, Source],
         encoder_cls: type[MetaEmbedEncoder] | None = None,
         device: str | torch.device | None = None,
     ) -> None:
@@ -160,7 +164,8 @@ class Trainer:
 
     def run_eval(self) -> dict[str, Any]:
         """Call the eval harness; its RNG use is isolated so eval never changes the training trajectory."""
-        evaluate = importlib.import_module("metaembed.eval.harness").evaluate
+        from metaembed.eval.harness import evaluate  # imported on first eval: it pulls in the index and kernels
+
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         self.model.eval()
         try:
