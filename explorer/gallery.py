@@ -17,8 +17,8 @@ from explorer.models import fingerprint
 from index_builder import GalleryError, InputSkipped, load_gallery
 from index_builder.images import load_image
 from index_builder.pdf import iter_pages
-from metaembed.datasets.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 from metaembed.models import MetaEmbedEncoder
+from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 
 logger = logging.getLogger(__name__)
 

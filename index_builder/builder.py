@@ -27,8 +27,8 @@ from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, count_pages, iter_
 from index_builder.prefetch import prefetch
 from index_builder.progress import Progress, ProgressTracker
 from index_builder.storage import save_thumbnail
-from metaembed.datasets.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 from metaembed.models import Item, MetaEmbedEncoder, load_encoder
+from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 
 logger = logging.getLogger(__name__)
 

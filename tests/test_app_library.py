@@ -182,7 +182,7 @@ def test_sweep_beir_zip_and_unsafe_zip(explorer, tmp_path):
 
 
 def test_default_query_instruction_follows_the_gallery_task(explorer, tmp_path):
-    from metaembed.datasets.instructions import TEXT_TO_IMAGE
+    from metaembed.models.instructions import TEXT_TO_IMAGE
 
     text = explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures
     assert text["instruction"] == TEXT_TO_IMAGE.query  # the fixture gallery is mostly images

@@ -9,7 +9,7 @@ import pytest
 
 from metaembed.datasets import fmnist, tuxpaint
 from metaembed.datasets.build import BUILDERS, build
-from metaembed.datasets.instructions import IMAGE_TOKEN
+from metaembed.models.instructions import IMAGE_TOKEN
 
 
 def _files(root: Path) -> dict[str, bytes]:

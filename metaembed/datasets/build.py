@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from metaembed.datasets import fmnist, manuals, openclipart, tuxpaint
 from metaembed.datasets._assets import png_bytes
-from metaembed.datasets.instructions import (
+from metaembed.io import atomic_directory, atomic_write_json
+from metaembed.models.instructions import (
     CLASSIFICATION,
     IMAGE_TO_TEXT,
     TEXT_TO_IMAGE,
@@ -32,7 +33,6 @@ from metaembed.datasets.instructions import (
     Task,
     mmeb_query_text,
 )
-from metaembed.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
 

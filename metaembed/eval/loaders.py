@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from metaembed.datasets.instructions import IMAGE_TOKEN
 from metaembed.io import JsonlError, read_jsonl
 from metaembed.models import Item
+from metaembed.models.instructions import IMAGE_TOKEN
 
 FORMATS = ("beir", "mmeb")
 #: Optional file beside a set naming the task instructions (``query_instruction``, ``candidate_instruction``).
