@@ -7,7 +7,15 @@ from pathlib import Path
 
 import torch
 
-from metaembed.models.base import Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
+from metaembed.models.base import (
+    AttentionUnsupported,
+    Item,
+    MetaEmbedEncoder,
+    ModelLoadError,
+    TokenAttention,
+    pick_device,
+    read_config,
+)
 
 #: ``config.json["backend"]`` -> "module:Class", imported lazily so a backend's heavy
 #: dependencies load only when that backend is used.
@@ -39,4 +47,5 @@ def load_encoder(name_or_path: str | Path | None = None, device: str | torch.dev
     return backend_class(config.get("backend", "")).from_pretrained(path, device=device)
 
 
-__all__ = ["BACKENDS", "Item", "MetaEmbedEncoder", "ModelLoadError", "backend_class", "load_encoder", "pick_device"]
+__all__ = ["BACKENDS", "AttentionUnsupported", "Item", "MetaEmbedEncoder", "ModelLoadError", "TokenAttention",
+           "backend_class", "load_encoder", "pick_device"]

@@ -28,6 +28,10 @@ class ModelLoadError(RuntimeError):
     """A checkpoint that is missing, incomplete, or does not match its config."""
 
 
+class AttentionUnsupported(NotImplementedError):
+    """The backend cannot say where its Meta Tokens attend; callers show a note instead of an overlay."""
+
+
 @dataclass(frozen=True, eq=False)
 class Item:
     """One input to encode: text, an image, both (MMEB-style), or a document page.
@@ -45,6 +49,25 @@ class Item:
     def __post_init__(self) -> None:
         if self.image is None and not (self.text and self.text.strip()):
             raise ValueError("an item needs an image or a non-empty text")
+
+
+@dataclass(frozen=True, eq=False)
+class TokenAttention:
+    """Where each candidate Meta Token attends in one item: last layer, heads averaged.
+
+    ``visual[j]`` is Meta Token j's attention over the ``(rows, cols)`` grid of visual tokens laid over
+    ``canvas``, the image exactly as the encoder saw it (None for a text-only item). ``text[j, t]`` is its
+    attention on the item's own text token t: ``tokens[t]`` is the token as the tokenizer wrote it and
+    ``item.text[spans[t][0]:spans[t][1]]`` the characters it came from, so a caller can highlight page
+    words. Attention also goes to what is not listed (special tokens, the instruction, other Meta
+    Tokens), so ``visual[j].sum() + text[j].sum() <= 1``.
+    """
+
+    visual: torch.Tensor | None  # (R_c, rows, cols)
+    text: torch.Tensor  # (R_c, T)
+    tokens: list[str]
+    spans: list[tuple[int, int]]
+    canvas: Image.Image | None
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -91,6 +114,14 @@ class MetaEmbedEncoder(torch.nn.Module, ABC):
     @abstractmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> MetaEmbedEncoder:
         """Load a directory written by :meth:`save_pretrained`; never unpickles anything."""
+
+    def candidate_attention(self, item: Item) -> TokenAttention:
+        """Where each candidate Meta Token attends when ``item`` is encoded as a candidate (explorer overlays).
+
+        Backends that can read their attention weights override this; the default says plainly that
+        this one cannot.
+        """
+        raise AttentionUnsupported(f"the {self.backend} backend exposes no attention weights")
 
     @property
     def name(self) -> str:
