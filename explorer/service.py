@@ -47,7 +47,7 @@ from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
 from metaembed.datasets import MissingDataError
 from metaembed.datasets.build import build as build_eval_sets
-from metaembed.models import MetaEmbedEncoder
+from metaembed.models import AttentionUnsupported, Item, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class Explorer:
         self.models = ModelCache(self.config.model, self.config.allow_model_paths)
         self.demo = DemoGallery(self.config.gallery)
         self.sessions = SessionStore(self.config.session_root, self.config.session_ttl_s)
-        # Encoders are shared; one forward at a time keeps 2-core Spaces responsive and makes the
-        # attention hook (which patches the encoder instance) safe.
+        # Encoders are shared by every session, and a forward is not thread-safe: MetaEmbed-Mini folds its
+        # LoRA weights into the base weights in place on first use and changes torch's process-wide thread
+        # count while it encodes one short text. So one forward (encode, gallery build, attention) at a time;
+        # on a 2-core Space that is also what keeps each one fast.
         self._encode_lock = threading.Lock()
         self._eval_cache: dict[tuple[str, str], Any] = {}
 
@@ -209,15 +211,18 @@ class Explorer:
         overlay_img, note = None, "Text-only candidate: no image to overlay."
         picture = encoded_image(gallery, item_id)
         if picture is not None:
-            if attention.supports_attention(encoder):
+            item = Item(text=meta.get("caption") or meta.get("text"), image=picture,
+                        instruction=meta.get("instruction"))
+            try:
                 with self._encode_lock:
-                    maps = attention.candidate_attention(encoder, picture, meta.get("caption") or meta.get("text"),
-                                                         meta.get("instruction"))
-                overlay_img = attention.overlay(maps, tokens)
-                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
-                        f"{maps.maps.shape[1]}x{maps.maps.shape[2]} visual tokens (last layer, heads averaged).")
+                    weights = encoder.candidate_attention(item)
+            except AttentionUnsupported as err:
+                note = f"{str(err)[:1].upper()}{str(err)[1:]}."
             else:
-                note = f"The {encoder.backend} backend exposes no attention weights."
+                overlay_img = attention.overlay(weights, tokens)
+                rows, cols = weights.visual.shape[1:]
+                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
+                        f"{rows}x{cols} visual tokens (last layer, heads averaged).")
         data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens}
         return fig, overlay_img, note, data
 

@@ -227,10 +227,10 @@ def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path)
 
 
 @pytest.mark.slow
-def test_attention_hook_reads_the_real_mini_without_changing_it():
+def test_attention_overlay_reads_the_real_mini_without_changing_it():
     import torch
 
-    from explorer.attention import candidate_attention, overlay
+    from explorer.attention import overlay
     from metaembed.models import Item
     from metaembed.models.mini import MiniMetaEmbed
 
@@ -238,13 +238,13 @@ def test_attention_hook_reads_the_real_mini_without_changing_it():
     model = MiniMetaEmbed(device="cpu").eval()
     image = draw((200, 40, 40), "circle")
     before = model.encode_candidates([Item(image=image, text="a red circle")])
-    maps = candidate_attention(model, image, "a red circle")
+    maps = model.candidate_attention(Item(image=image, text="a red circle"))
     after = model.encode_candidates([Item(image=image, text="a red circle")])
-    assert torch.equal(before, after) and "_layer" not in vars(model)  # the hook is gone
+    assert torch.equal(before, after) and "_layer" not in vars(model)  # nothing is patched
     grid = int(model.config["visual_grid"])
-    assert maps.maps.shape == (model.num_candidate_tokens, grid, grid)
-    total = maps.maps.sum(dim=(1, 2))
-    assert bool((maps.maps >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
+    assert maps.visual.shape == (model.num_candidate_tokens, grid, grid)
+    total = maps.visual.sum(dim=(1, 2))
+    assert bool((maps.visual >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
     picture = overlay(maps, [0, 1])
     assert picture.size == maps.canvas.size and picture.tobytes() != maps.canvas.tobytes()
 
