@@ -10,9 +10,9 @@ from typing import Any
 from PIL import Image
 
 from explorer.errors import ExplorerError
-from explorer.gallery import item_caption
 from explorer.models import fingerprint
 from explorer.session import Ranking, Session, query_key
+from index_builder import Gallery
 from metaembed.budget import Budget, BudgetError
 from metaembed.costs import scoring_flops
 from metaembed.models import Item, MetaEmbedEncoder
@@ -97,7 +97,7 @@ def encode_query(session: Session, encoder: MetaEmbedEncoder, query: Query) -> t
     return vectors, ms, False
 
 
-def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Any, query: Query, r_q: Any, r_c: Any,
+def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery, query: Query, r_q: Any, r_c: Any,
                k: Any = 10, two_stage: bool = False, k_prime: Any = 100) -> SearchOutcome:
     """Search ``gallery`` and report figures; re-uses cached query vectors when only budget/k change."""
     index = gallery.index
@@ -115,7 +115,7 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Any, query:
     result = index.search(vectors, budget, k=k_eff, first_stage=first_stage)
     search_ms = (time.perf_counter() - search_start) * 1000
     total_ms = (time.perf_counter() - start) * 1000
-    hits = [Hit(rank=i + 1, id=str(item_id), score=float(score), caption=item_caption(gallery, str(item_id)))
+    hits = [Hit(rank=i + 1, id=str(item_id), score=float(score), caption=gallery.item(str(item_id)).title)
             for i, (item_id, score) in enumerate(zip(result.ids, result.scores, strict=True))]
     two_stage_used = first_stage is not None and result.candidates_scored < n
     flops = scoring_flops(budget, result.candidates_scored or n, encoder.dim)

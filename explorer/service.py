@@ -24,10 +24,8 @@ from explorer.gallery import (
     DemoGallery,
     check_match,
     display_image,
-    encoded_image,
+    encoded_item,
     gallery_stats,
-    item_caption,
-    open_gallery,
     query_instruction,
 )
 from explorer.models import ModelCache, fingerprint
@@ -41,13 +39,13 @@ from explorer.search import (
 )
 from explorer.session import Session, SessionStore
 from explorer.tokens import heatmap_figure, token_view
-from index_builder.errors import InputSkipped
+from index_builder import Gallery, InputSkipped
 from index_builder.images import load_image
 from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
 from metaembed.datasets import MissingDataError
 from metaembed.datasets.build import build as build_eval_sets
-from metaembed.models import AttentionUnsupported, Item, MetaEmbedEncoder
+from metaembed.models import AttentionUnsupported, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +99,14 @@ class Explorer:
     def _encoder(self, session: Session) -> MetaEmbedEncoder:
         return self.models.get(session.model_name)
 
-    def _gallery(self, session: Session) -> tuple[Any, str]:
+    def _gallery(self, session: Session) -> tuple[Gallery, str]:
         if session.gallery_choice == OWN:
             if session.own_gallery is None:
                 raise ExplorerError("your own gallery is empty: upload images or PDFs in the Gallery tab first")
             return session.own_gallery, "your"
         return self.demo.get(), "demo"
 
-    def _context(self, session: Session) -> tuple[MetaEmbedEncoder, Any]:
+    def _context(self, session: Session) -> tuple[MetaEmbedEncoder, Gallery]:
         encoder = self._encoder(session)
         gallery, label = self._gallery(session)
         check_match(gallery, encoder, label)
@@ -166,14 +164,14 @@ class Explorer:
             with self._encode_lock:
                 outcome = run_search(session, encoder, gallery, query, r_q, r_c, k, bool(two_stage), k_prime)
         captions = {h.id: h.caption for h in outcome.hits}
-        captions.update({i: item_caption(gallery, i) for i in outcome.moved_out})
+        captions.update({i: gallery.item(i).title for i in outcome.moved_out})
         entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
                    for h in outcome.hits]
         results = []
         for h in outcome.hits:
-            meta = gallery.index.get_metadata(h.id) or {}
+            record = gallery.item(h.id)
             results.append({"rank": h.rank, "id": h.id, "score": h.score, "source": h.caption,
-                            "file": meta.get("source"), "page": meta.get("page"), "kind": meta.get("kind")})
+                            "file": record.source, "page": record.page, "kind": record.kind})
         return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
 
     def token_matches(self, session_id: str, rank: Any, query_token: Any = 0) -> tuple[go.Figure, Image.Image | None,
@@ -198,7 +196,7 @@ class Explorer:
                 raise ExplorerError("the query is no longer cached: search again")
             budget: Budget = last["budget"]
         view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
-        caption = item_caption(gallery, item_id)
+        caption = gallery.item(item_id).title
         fig = heatmap_figure(view, f"#{position + 1} {Path(caption).name}: score {view.score:.3f} at {budget}")
         try:
             q_tok = int(query_token or 0)
@@ -207,12 +205,9 @@ class Explorer:
         if not 0 <= q_tok <= budget.r_q:
             raise ExplorerError(f"query token must be 0 (all) or 1..{budget.r_q}, got {q_tok}")
         tokens = sorted(set(view.best)) if q_tok == 0 else [view.best[q_tok - 1]]
-        meta = gallery.index.get_metadata(item_id) or {}
         overlay_img, note = None, "Text-only candidate: no image to overlay."
-        picture = encoded_image(gallery, item_id)
-        if picture is not None:
-            item = Item(text=meta.get("caption") or meta.get("text"), image=picture,
-                        instruction=meta.get("instruction"))
+        item = encoded_item(gallery, item_id)
+        if item is not None:
             try:
                 with self._encode_lock:
                     weights = encoder.candidate_attention(item)
@@ -232,12 +227,11 @@ class Explorer:
         """Add files to this session's private gallery (build or extend) and switch to it."""
         session = self.session(session_id)
         with session.lock:
-            report = uploads.admit(session, list(files or []), self.config.caps)
-            if report.accepted:
+            report, admitted = uploads.admit(session, list(files or []), self.config.caps)
+            if admitted:
                 encoder = self._encoder(session)
                 with self._encode_lock:
-                    out_dir = uploads.build_session_gallery(session, encoder, report, progress)
-                session.own_gallery = open_gallery(out_dir)
+                    session.own_gallery = uploads.build_session_gallery(session, encoder, admitted, report, progress)
                 session.gallery_choice = OWN
                 session.previous = session.last = None
             if session.own_gallery is not None:

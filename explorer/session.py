@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from index_builder import Gallery, InputFile
 from metaembed.budget import Budget
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class Session:
     id: str
     workdir: Path
     gallery_choice: str = "demo"
-    own_gallery: object | None = None  # explorer.gallery.Gallery; typed loosely to avoid a cycle
+    own_gallery: Gallery | None = None
+    #: Files admitted into ``uploads_dir()`` by their display name ("uploads/a.png"): what the caps count.
+    uploads: dict[str, InputFile] = field(default_factory=dict)
     model_name: str | None = None
     encode_count: int = 0
     previous: Ranking | None = None
@@ -92,6 +95,7 @@ class Session:
         """Forget everything and delete this session's files."""
         self._queries.clear()
         self._images.clear()
+        self.uploads.clear()
         self.own_gallery = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

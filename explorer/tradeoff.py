@@ -19,6 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from explorer.errors import ExplorerError
+from index_builder import Gallery
 from metaembed.budget import Budget
 from metaembed.eval.harness import BEIR_K_VALUES, BudgetResult, EvalReport, evaluate
 from metaembed.eval.loaders import EvalDataError, load_eval_set
@@ -67,28 +68,27 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _resolver(index: Any) -> dict[str, set[str]]:
+def _resolver(gallery: Gallery) -> dict[str, set[str]]:
     """Names a user may give for an item: its id, its source path or file name, ``file#page``."""
     names: dict[str, set[str]] = {}
-    for item_id in index.ids:
-        meta = index.get_metadata(item_id) or {}
+    for item_id in gallery.index.ids:
+        record = gallery.item(item_id)
         keys = {item_id}
-        source = meta.get("source")
-        if source:
-            for base in {str(source), Path(str(source)).name}:
+        if record.source:
+            for base in {record.source, Path(record.source).name}:
                 keys.add(base)
-                if meta.get("page"):
-                    keys |= {f"{base}#{meta['page']}", f"{base} p. {meta['page']}", f"{base}:{meta['page']}"}
+                if record.page:
+                    keys |= {f"{base}#{record.page}", f"{base} p. {record.page}", f"{base}:{record.page}"}
         for key in keys:
             names.setdefault(key, set()).add(item_id)
     return names
 
 
-def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Any, pairs_file: Path, budgets: Sequence[Budget],
+def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Gallery, pairs_file: Path, budgets: Sequence[Budget],
                   first_stage: int | None = None) -> EvalReport:
     """Sweep ``budgets`` on the current gallery with a visitor's ``query,relevant_item`` file."""
     index = gallery.index
-    names = _resolver(index)
+    names = _resolver(gallery)
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     for line, (query, relevant) in enumerate(read_pairs(pairs_file), start=1):

@@ -1,11 +1,15 @@
-"""Per-session upload galleries: copy a visitor's files into their private folder within the caps
+"""Per-session upload galleries: admit a visitor's files into their private folder within the caps
 (files, pages, bytes), then build or extend their gallery with index_builder.
 
-Caps are checked here, before any decoding or encoding, so one visitor cannot exhaust a shared Space.
+Each file is sniffed, hashed and page-counted once, here (:func:`index_builder.inspect_file`), before
+anything is decoded or encoded, so one visitor cannot exhaust a shared Space; ``build`` is handed those
+records and returns the open gallery, so nothing is examined twice or read back from disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +19,13 @@ from typing import Any
 from explorer.config import UploadCaps
 from explorer.errors import ExplorerError
 from explorer.session import Session
-from index_builder import GalleryError, InputSkipped, build
-from index_builder.discovery import Found, classify
-from index_builder.pdf import count_pages
+from index_builder import Gallery, GalleryError, InputFile, Rejected, build, inspect_file
 from metaembed.models import MetaEmbedEncoder
+
+logger = logging.getLogger(__name__)
+
+#: A session's uploads live in ``<workdir>/uploads`` and show as ``uploads/<name>`` (the item's source).
+UPLOADS = "uploads"
 
 
 @dataclass
@@ -39,23 +46,6 @@ class UploadReport:
         return dict(self.__dict__)
 
 
-def _usage(folder: Path) -> tuple[int, int, int]:
-    """(files, pages-or-images, bytes) already in a session's uploads folder."""
-    files = pages = size = 0
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        found = classify(path, path.name)
-        files += 1
-        size += path.stat().st_size
-        if isinstance(found, Found):
-            try:
-                pages += count_pages(path) if found.kind == "pdf" else 1
-            except InputSkipped:
-                continue
-    return files, pages, size
-
-
 def _unique_name(folder: Path, name: str) -> Path:
     """Keep the visitor's file name (results show it) without overwriting an earlier upload."""
     safe = Path(name).name or "upload"
@@ -67,69 +57,76 @@ def _unique_name(folder: Path, name: str) -> Path:
     return target
 
 
-def admit(session: Session, files: Sequence[str | Path], caps: UploadCaps) -> UploadReport:
-    """Copy files into the session folder while the caps allow; the rest are skipped with a reason."""
+def _refusal(session: Session, entry: InputFile, caps: UploadCaps) -> str | None:
+    """Why ``entry`` is not admitted (already uploaded, or over one of the session's caps), or None."""
+    kept = session.uploads.values()
+    same = next((f for f in kept if f.sha256 == entry.sha256), None)
+    if same is not None:
+        return f"same content as {same.path.name}"
+    if len(kept) + 1 > caps.max_files:
+        return f"file cap reached ({caps.max_files} files per session)"
+    if sum(f.items for f in kept) + entry.items > caps.max_pages:
+        return f"page cap: {entry.items} page(s) would exceed {caps.max_pages} images/pages per session"
+    if sum(f.size for f in kept) + entry.size > caps.max_bytes:
+        return f"size cap: {entry.size / 2**20:.1f} MB would exceed {caps.max_bytes / 2**20:.0f} MB per session"
+    return None
+
+
+def admit(session: Session, files: Sequence[str | Path], caps: UploadCaps) -> tuple[UploadReport, list[InputFile]]:
+    """Copy files into the session folder while the caps allow; the rest are skipped with a reason.
+
+    Returns the report and the admitted files (as they now lie in the session folder), which are also
+    counted in ``session.uploads`` against the caps.
+    """
     if not files:
         raise ExplorerError("no files given: choose one or more images or PDFs")
     folder = session.uploads_dir()
-    n_files, n_pages, n_bytes = _usage(folder)
-    report = UploadReport()
+    report, admitted = UploadReport(), []
     for raw in files:
         src = Path(raw)
-        name = src.name
-        found = classify(src, name)
-        if not isinstance(found, Found):
-            report.skipped.append({"file": name, "reason": found.reason})
+        entry = inspect_file(src, src.name, caps.max_pages)
+        if isinstance(entry, Rejected):
+            report.skipped.append({"file": src.name, "reason": entry.reason})
             continue
-        size = src.stat().st_size
-        try:
-            pages = count_pages(src, caps.max_pages) if found.kind == "pdf" else 1
-        except InputSkipped as err:
-            report.skipped.append({"file": name, "reason": str(err)})
-            continue
-        reason = None
-        if n_files + 1 > caps.max_files:
-            reason = f"file cap reached ({caps.max_files} files per session)"
-        elif n_pages + pages > caps.max_pages:
-            reason = f"page cap: {pages} page(s) would exceed {caps.max_pages} images/pages per session"
-        elif n_bytes + size > caps.max_bytes:
-            reason = f"size cap: {size / 2**20:.1f} MB would exceed {caps.max_bytes / 2**20:.0f} MB per session"
+        reason = _refusal(session, entry, caps)
         if reason:
-            report.skipped.append({"file": name, "reason": reason})
+            report.skipped.append({"file": src.name, "reason": reason})
             continue
-        shutil.copyfile(src, _unique_name(folder, name))
-        n_files, n_pages, n_bytes = n_files + 1, n_pages + pages, n_bytes + size
-        report.accepted.append(name)
-    return report
+        target = _unique_name(folder, src.name)
+        shutil.copyfile(src, target)
+        kept = dataclasses.replace(entry, path=target, display=f"{UPLOADS}/{target.name}")
+        session.uploads[kept.display] = kept
+        admitted.append(kept)
+        report.accepted.append(src.name)
+    return report, admitted
 
 
-def build_session_gallery(session: Session, encoder: MetaEmbedEncoder, report: UploadReport,
-                          progress: Callable[[float, str], None] | None = None) -> Any:
-    """Build (or extend: index_builder resumes) the session gallery from its uploads folder."""
-    out_dir = session.workdir / "gallery"
+def build_session_gallery(session: Session, encoder: MetaEmbedEncoder, admitted: list[InputFile],
+                          report: UploadReport, progress: Callable[[float, str], None] | None = None) -> Gallery:
+    """Build the session gallery from ``admitted``, or extend the open one in place; returns it."""
 
     def on_progress(p: Any) -> None:
         if progress is not None and p.total:
             progress(p.done / p.total, f"encoded {p.done}/{p.total} · {Path(str(p.current or '')).name}")
 
     try:
-        built = build([session.uploads_dir()], out_dir, encoder=encoder, progress=on_progress)
+        target = session.own_gallery if session.own_gallery is not None else session.workdir / "gallery"
+        built = build(admitted, target, encoder=encoder, progress=on_progress)
     except GalleryError as err:
+        for entry in admitted:
+            _drop(session, entry.display)
         raise ExplorerError(f"cannot build your gallery: {err}") from err
-    for skip in built.skipped:
-        name = Path(str(skip["path"])).name  # "doc.pdf#page=3" when only one page failed
-        report.skipped.append({"file": name, "reason": str(skip["reason"])})
-        _drop(session.uploads_dir() / name)  # a whole file that failed: no-op for a "#page=" label
-    for dup in built.duplicates:
-        name = Path(str(dup["path"])).name
-        report.skipped.append({"file": name, "reason": f"same content as {Path(str(dup['duplicate_of'])).name}"})
-        _drop(session.uploads_dir() / name)
+    for skip in built.skipped:  # files that looked fine but fail to decode (duplicates never get this far)
+        display = str(skip["path"])  # "uploads/doc.pdf#page=3" when only one page failed
+        report.skipped.append({"file": Path(display).name, "reason": str(skip["reason"])})
+        _drop(session, display)  # a whole file that failed: no-op for a "#page=" label
     report.indexed = int(built.indexed)
     report.total_items = int(built.total_items)
-    return out_dir
+    return built.gallery
 
 
-def _drop(path: Path) -> None:
-    """Remove a file that added nothing to the gallery, so it neither counts against the caps nor re-reports."""
-    if path.is_file():
-        path.unlink()
+def _drop(session: Session, display: str) -> None:
+    """Forget and delete an upload that added nothing, so it neither counts against the caps nor re-reports."""
+    entry = session.uploads.pop(display, None)
+    if entry is not None:
+        entry.path.unlink(missing_ok=True)
