@@ -266,7 +266,7 @@ class Explorer:
                 raise ExplorerError(f"source must be 'bundled' or 'upload', got {source!r}")
         header, rows = tradeoff.table_rows(report, cost)
         front = [r[0] for r in rows if r[-1]]
-        summary = (f"{report.data}: {len(report.results)} budgets, {tradeoff.main_metric(report)}; Pareto-optimal: "
+        summary = (f"{report.data}: {len(report.results)} budgets, {report.main_metric}; Pareto-optimal: "
                    f"{', '.join(front)}")
         return tradeoff.tradeoff_figure(report, cost), header, rows, summary
 

@@ -1,16 +1,16 @@
 """Budget sweeps for the Trade-off tab: quality vs scoring latency vs bytes read, Pareto front.
 
-Three sources, one row format (:class:`metaembed.eval.harness.BudgetResult`):
+Three sources, one row format (:class:`metaembed.eval.harness.BudgetResult`), one loop:
 - an eval set in BEIR layout (the bundled one, or a visitor's zip): the eval harness does it all;
 - a CSV / JSONL of ``query,relevant_item`` against the visitor's current gallery, whose items are
-  already encoded: only the queries are encoded, then the gallery index is searched at each budget.
+  already encoded: only the queries are encoded, then the harness's own BEIR loop
+  (:func:`metaembed.eval.harness.evaluate_index`) searches the gallery index at each budget.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import statistics
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,15 +21,12 @@ import plotly.graph_objects as go
 from explorer.errors import ExplorerError
 from index_builder import Gallery
 from metaembed.budget import Budget
-from metaembed.eval.harness import BEIR_K_VALUES, BudgetResult, EvalReport, evaluate
-from metaembed.eval.loaders import EvalDataError, load_eval_set
+from metaembed.eval.harness import BudgetResult, EvalReport, encode_records, evaluate, evaluate_index
+from metaembed.eval.loaders import EvalDataError, Record, load_eval_set
 from metaembed.io import JsonlError, read_jsonl
-from metaembed.metrics import evaluate as trec_evaluate
-from metaembed.models import Item, MetaEmbedEncoder
+from metaembed.models import MetaEmbedEncoder
 
-MAIN_METRIC = "ndcg@5"
 MAX_PAIRS = 500
-RUN_DEPTH = 100
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -87,7 +84,6 @@ def _resolver(gallery: Gallery) -> dict[str, set[str]]:
 def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Gallery, pairs_file: Path, budgets: Sequence[Budget],
                   first_stage: int | None = None) -> EvalReport:
     """Sweep ``budgets`` on the current gallery with a visitor's ``query,relevant_item`` file."""
-    index = gallery.index
     names = _resolver(gallery)
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
@@ -98,21 +94,10 @@ def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Gallery, pairs_file: Path,
                                 "gallery (use an item id, a file name, or file.pdf#page)")
         qid = queries.setdefault(query, f"q{len(queries)}")
         qrels.setdefault(qid, {}).update({i: 1 for i in matched})
-    texts = list(queries)
-    vectors = encoder.encode_queries([Item(text=t) for t in texts])
-    depth = min(len(index), RUN_DEPTH)
-    results = []
-    for budget in budgets:
-        run, ms, read = {}, [], []
-        for qid, vec in zip(queries.values(), vectors, strict=True):
-            hit = index.search(vec, budget, k=depth, first_stage=first_stage)
-            run[qid] = {str(i): float(s) for i, s in zip(hit.ids, hit.scores, strict=True)}
-            ms.append(float(hit.first_stage_ms or 0.0) + float(hit.maxsim_ms))
-            read.append(int(hit.bytes_read))
-        results.append(BudgetResult(r_q=budget.r_q, r_c=budget.r_c, metrics=dict(trec_evaluate(run, qrels,
-                                    BEIR_K_VALUES)), scoring_ms_per_query=statistics.fmean(ms),
-                                    bytes_read=round(statistics.fmean(read)), encode_ms_per_item=0.0,
-                                    label=f"{budget.r_q}x{budget.r_c}"))
+    records = [Record(id=qid, text=text) for text, qid in queries.items()]
+    encoded = encode_records(encoder, records, "query", desc="encoding queries")
+    vectors = [(r.id, encoded.vectors[row]) for r, row in zip(records, encoded.rows, strict=True)]
+    results = evaluate_index(gallery.index, vectors, qrels, budgets, first_stage, encoded.ms_per_item)
     return EvalReport(model=encoder.name, data=pairs_file.name, format="beir", results=results)
 
 
@@ -154,13 +139,9 @@ def sweep_eval_set(encoder: MetaEmbedEncoder, folder: Path, budgets: Sequence[Bu
     return evaluate(encoder, data, budgets, first_stage=first_stage)
 
 
-def main_metric(report: EvalReport) -> str:
-    return "precision@1" if report.format == "mmeb" else MAIN_METRIC
-
-
 def table_rows(report: EvalReport, cost: str = "bytes_read") -> tuple[list[str], list[list[Any]]]:
     """Header and rows for the UI table, with each budget's Pareto flag under (quality, ``cost``)."""
-    metric = main_metric(report)
+    metric = report.main_metric
     flags = pareto([(r.metrics[metric], _cost(r, cost)) for r in report.results])
     keys = sorted({k for r in report.results for k in r.metrics})
     header = ["budget", *keys, "scoring ms/query", "bytes read/query", "Pareto"]
@@ -177,7 +158,7 @@ def _cost(row: BudgetResult, cost: str) -> float:
 
 def tradeoff_figure(report: EvalReport, cost: str = "bytes_read") -> go.Figure:
     """Quality vs scoring latency; marker size = bytes read; Pareto budgets highlighted and joined."""
-    metric = main_metric(report)
+    metric = report.main_metric
     rows = report.results
     flags = pareto([(r.metrics[metric], _cost(r, cost)) for r in rows])
     biggest = max(float(r.bytes_read or 1) for r in rows)

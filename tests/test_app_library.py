@@ -155,6 +155,20 @@ def test_pairs_file_errors_name_the_line(tmp_path):
         tradeoff.read_pairs(bad_json)
 
 
+def test_gallery_sweep_counts_the_first_stage_bytes(explorer, tmp_path):
+    """The pairs-file sweep runs the harness's BEIR loop: a two-stage row reads the k' shortlisted candidates at
+    r_c plus the whole token-0 table the first stage scans (it used to leave the latter out)."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,relevant_item\n" + "".join(f"{t},notes.pdf#{i + 1}\n" for i, t in enumerate(PDF_PAGES)))
+    gallery = explorer.demo.get()
+    n, dim = len(gallery.index), gallery.index.dim
+    _, header, rows, _ = explorer.sweep("p", "upload", pairs, "1x1,4x8", two_stage=True, k_prime=3)
+    read = {row[0]: row[header.index("bytes read/query")] for row in rows}
+    assert read == {"(1,1)": 3 * 1 * dim * 2 + n * dim * 4, "(4,8)": 3 * 8 * dim * 2 + n * dim * 4}
+    _, header, rows, _ = explorer.sweep("p", "upload", pairs, "4x8")
+    assert rows[0][header.index("bytes read/query")] == n * 8 * dim * 2  # exhaustive: no first stage
+
+
 def _beir_zip(path, members):
     with zipfile.ZipFile(path, "w") as archive:
         for name, text in members.items():
