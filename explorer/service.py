@@ -28,7 +28,7 @@ from explorer.gallery import (
     gallery_stats,
     query_instruction,
 )
-from explorer.models import ModelCache, fingerprint
+from explorer.models import ModelCache, fingerprint, load_model
 from explorer.search import (
     Query,
     SearchOutcome,
@@ -43,13 +43,13 @@ from index_builder import Gallery, InputSkipped
 from index_builder.images import load_image
 from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
-from metaembed.datasets import MissingDataError
-from metaembed.datasets.build import build as build_eval_sets
 from metaembed.models import AttentionUnsupported, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
 
 DEMO, OWN = "demo", "own"
+#: Builds named public eval sets under a folder: ``(out, names, limit)``, as ``metaembed.datasets.build.build``.
+EvalSetBuilder = Callable[[Path, list[str], int], Any]
 #: The eval set the Trade-off tab sweeps by default: caption -> photo on the Tux Paint test split.
 BUNDLED_SET = "tux-t2i"
 
@@ -68,9 +68,14 @@ class SearchView:
 class Explorer:
     """Shared model/gallery resources plus the per-session state of every visitor."""
 
-    def __init__(self, config: ExplorerConfig | None = None) -> None:
-        self.config = config or ExplorerConfig.from_env()
-        self.models = ModelCache(self.config.model, self.config.allow_model_paths)
+    def __init__(self, config: ExplorerConfig, load_model: Callable[[str], MetaEmbedEncoder] = load_model,
+                 build_eval_sets: EvalSetBuilder | None = None) -> None:
+        """``load_model`` turns a model name into an encoder (notebooks and tests serve in-memory ones);
+        ``build_eval_sets`` (``metaembed.datasets.build.build``, passed by app.py) builds the bundled
+        Trade-off set from Debian data when ``config.eval_set`` is unset: without it that set is unavailable."""
+        self.config = config
+        self.models = ModelCache(config.model, config.allow_model_paths, load_model)
+        self._build_eval_sets = build_eval_sets
         self.demo = DemoGallery(self.config.gallery)
         self.sessions = SessionStore(self.config.session_root, self.config.session_ttl_s)
         # Encoders are shared by every session, and a forward is not thread-safe: MetaEmbed-Mini folds its
@@ -112,6 +117,11 @@ class Explorer:
         check_match(gallery, encoder, label)
         return encoder, gallery
 
+    def budget_bounds(self, session_id: str) -> tuple[int, int]:
+        """(R_q, R_c) of this session's model: the largest r_q and r_c a budget may ask for."""
+        encoder = self._encoder(self.session(session_id))
+        return encoder.num_query_tokens, encoder.num_candidate_tokens
+
     # ------------------------------------------------------------------ model / gallery selection
     def select_model(self, session_id: str, name_or_path: str | None) -> str:
         """Switch this session's model; says plainly if the current gallery does not match it."""
@@ -119,7 +129,7 @@ class Explorer:
         encoder = self.models.get(name_or_path)
         with session.lock:
             session.model_name = (name_or_path or "").strip() or None
-            session.previous = session.last = None
+            session.last = None
         message = (f"Model: {encoder.name} (backend {encoder.backend}, D={encoder.dim}, "
                    f"R_q={encoder.num_query_tokens}, R_c={encoder.num_candidate_tokens}, "
                    f"fingerprint {fingerprint(encoder)}).")
@@ -139,7 +149,7 @@ class Explorer:
             if choice == OWN and session.own_gallery is None:
                 raise ExplorerError("you have no gallery yet: upload images or PDFs first")
             session.gallery_choice = choice
-            session.previous = session.last = None
+            session.last = None
         return self.gallery_status(session_id)
 
     def gallery_status(self, session_id: str) -> dict[str, Any]:
@@ -160,9 +170,10 @@ class Explorer:
         picture = _open_query_image(image)
         with session.lock:
             encoder, gallery = self._context(session)
+            budget = check_budget(r_q, r_c, encoder, gallery.index)
             query = Query(text=text, image=picture, instruction=_instruction(instruction, gallery, text, picture))
             with self._encode_lock:
-                outcome = run_search(session, encoder, gallery, query, r_q, r_c, k, bool(two_stage), k_prime)
+                outcome = run_search(session, encoder, gallery, query, budget, k, bool(two_stage), k_prime)
         captions = {h.id: h.caption for h in outcome.hits}
         captions.update({i: gallery.item(i).title for i in outcome.moved_out})
         entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
@@ -181,20 +192,20 @@ class Explorer:
         session = self.session(session_id)
         with session.lock:
             last = session.last
-            if not last:
+            if last is None:
                 raise ExplorerError("search first, then pick a result to see its token matches")
             try:
                 position = int(rank) - 1
             except (TypeError, ValueError) as err:
                 raise ExplorerError(f"rank must be a whole number, got {rank!r}") from err
-            if not 0 <= position < len(last["ids"]):
-                raise ExplorerError(f"rank must be between 1 and {len(last['ids'])}, got {rank}")
+            if not 0 <= position < len(last.ids):
+                raise ExplorerError(f"rank must be between 1 and {len(last.ids)}, got {rank}")
             encoder, gallery = self._context(session)
-            item_id = last["ids"][position]
-            vectors = session.cached_query(last["model_fp"], last["query_key"])
+            item_id = last.ids[position]
+            vectors = session.cached_query(last.model_fp, last.query_key)
             if vectors is None:
                 raise ExplorerError("the query is no longer cached: search again")
-            budget: Budget = last["budget"]
+            budget = last.budget
         view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
         caption = gallery.item(item_id).title
         fig = heatmap_figure(view, f"#{position + 1} {Path(caption).name}: score {view.score:.3f} at {budget}")
@@ -233,7 +244,7 @@ class Explorer:
                 with self._encode_lock:
                     session.own_gallery = uploads.build_session_gallery(session, encoder, admitted, report, progress)
                 session.gallery_choice = OWN
-                session.previous = session.last = None
+                session.last = None
             if session.own_gallery is not None:
                 stats = gallery_stats(session.own_gallery)
                 report.total_items, report.pages = stats["items"], stats["pages"]
@@ -254,16 +265,17 @@ class Explorer:
         except BudgetError as err:
             raise ExplorerError(f"budgets: {err}") from err
         encoder = self._encoder(session)
-        for b in budgets:
-            check_budget(b.r_q, b.r_c, encoder, _Dims(encoder.num_candidate_tokens))
         first_stage = int(k_prime) if two_stage else None
         with session.lock, self._encode_lock:
-            if source == "bundled":
-                report = self._bundled_sweep(encoder, budgets, first_stage)
-            elif source == "upload":
-                report = self._upload_sweep(session, encoder, file, budgets, first_stage)
-            else:
-                raise ExplorerError(f"source must be 'bundled' or 'upload', got {source!r}")
+            try:  # the harness checks the budgets against the model and the index (once, before encoding)
+                if source == "bundled":
+                    report = self._bundled_sweep(encoder, budgets, first_stage)
+                elif source == "upload":
+                    report = self._upload_sweep(session, encoder, file, budgets, first_stage)
+                else:
+                    raise ExplorerError(f"source must be 'bundled' or 'upload', got {source!r}")
+            except BudgetError as err:
+                raise ExplorerError(f"budget out of range: {err}") from err
         header, rows = tradeoff.table_rows(report, cost)
         front = [r[0] for r in rows if r[-1]]
         summary = (f"{report.data}: {len(report.results)} budgets, {report.main_metric}; Pareto-optimal: "
@@ -288,9 +300,12 @@ class Explorer:
         out = self.config.session_root / "eval-cache"
         target = out / BUNDLED_SET
         if not (target / "info.json").is_file():
+            if self._build_eval_sets is None:
+                raise ExplorerError("no bundled eval set in this deployment: upload a BEIR zip or a "
+                                    "query,relevant_item file instead (or set METAEMBED_EVAL_SET)")
             try:
-                build_eval_sets(out, [BUNDLED_SET], self.config.bundled_eval_limit)
-            except (MissingDataError, ValueError, OSError) as err:
+                self._build_eval_sets(out, [BUNDLED_SET], self.config.bundled_eval_limit)
+            except (ValueError, OSError) as err:  # a missing Debian package is a FileNotFoundError
                 raise ExplorerError(f"the bundled eval set cannot be built: {err}. Upload a BEIR zip or a "
                                     "query,relevant_item file instead (or set METAEMBED_EVAL_SET)") from err
         return target
@@ -326,13 +341,6 @@ class Explorer:
         except (KeyError, ValueError, TypeError, BudgetError) as err:
             raise ExplorerError(f"scale calculator: {err}") from err
         return rows, verdict
-
-
-@dataclass(frozen=True)
-class _Dims:
-    """Stands in for an index when only the candidate-token count bounds a budget (sweeps)."""
-
-    num_vectors: int
 
 
 def _instruction(given: str | None, gallery: Any, text: str | None, image: Image.Image | None) -> str | None:

@@ -19,6 +19,7 @@ from explorer.gallery import resolve_gallery_dir
 from explorer.service import Explorer
 from index_builder import build
 from metaembed.budget import Budget
+from metaembed.datasets.build import build as build_eval_sets
 from metaembed.models import ALIASES
 from metaembed.scoring import maxsim_pairs
 
@@ -46,9 +47,8 @@ def explorer(toy_gallery, tmp_path):
     root, encoder = toy_gallery
     config = ExplorerConfig(model="toy", gallery=root / "gallery", eval_set=None, session_root=tmp_path / "sessions",
                             caps=UploadCaps(max_files=3, max_pages=4, max_bytes=2**20))
-    ex = Explorer(config)
-    ex.models.register("toy", encoder)
-    return ex
+    return Explorer(config, load_model={"toy": encoder, "other": ToyEncoder(seed=1)}.__getitem__,
+                    build_eval_sets=build_eval_sets)
 
 
 def test_budget_and_k_changes_reuse_the_cached_query(explorer):
@@ -70,7 +70,7 @@ def test_scores_match_the_scorer_and_token_view(explorer):
     view = explorer.search("s", PDF_PAGES[1], None, None, 4, 8, 6)
     session = explorer.session("s")
     gallery = explorer.demo.get()
-    query = session.cached_query(session.last["model_fp"], session.last["query_key"])
+    query = session.cached_query(session.last.model_fp, session.last.query_key)
     top = view.outcome.hits[0]
     expected = maxsim_pairs(query[None], gallery.index.get_vectors(top.id)[None], Budget(4, 8))[0, 0]
     assert top.score == pytest.approx(float(expected), abs=2e-2)  # bf16 storage
@@ -98,7 +98,6 @@ def test_user_errors_are_explorer_errors(explorer, tmp_path):
 
 
 def test_mismatched_model_is_refused_plainly(explorer):
-    explorer.models.register("other", ToyEncoder(seed=1))
     message = explorer.select_model("m", "other")
     assert "⚠" in message and "built with another model" in message
     with pytest.raises(ExplorerError, match="built with another model"):
@@ -233,11 +232,25 @@ def test_committed_model_answers_the_committed_gallery(tmp_path):
 def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path):
     root, encoder = toy_gallery
     ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path,
-                                 allow_model_paths=False))
-    ex.models.register("toy", encoder)
+                                 allow_model_paths=False), load_model={"toy": encoder}.__getitem__)
     assert "Model:" in ex.select_model("s", "toy")
     with pytest.raises(ExplorerError, match="serves only the model 'toy'"):
         ex.select_model("s", str(tmp_path))
+
+
+def test_slider_bounds_come_from_the_model(toy_gallery, tmp_path):
+    """The app sizes r_q / r_c from the configured model's config before it loads, then from the loaded model."""
+    from app import default_bounds
+
+    root, encoder = toy_gallery
+    small = ToyEncoder(num_query_tokens=4, num_candidate_tokens=8)
+    small.save_pretrained(tmp_path / "small")
+    assert default_bounds(str(tmp_path / "small")) == (4, 8)
+    ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path / "sessions"),
+                  load_model={"toy": encoder, "small": small}.__getitem__)
+    assert ex.budget_bounds("s") == (16, 64)
+    ex.select_model("s", "small")
+    assert ex.budget_bounds("s") == (4, 8)
 
 
 @pytest.mark.slow
