@@ -226,8 +226,8 @@ class MultiVectorIndex:
         )
 
     # -------------------------------------------------------------- persistence
-    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write the index atomically (see :mod:`metaembed.store`); ``extra`` is kept in the manifest."""
+    def save(self, directory: str | Path) -> None:
+        """Write the index atomically (see :mod:`metaembed.store`)."""
         manifest = {
             "dim": self.dim,
             "num_vectors": self.num_vectors,
@@ -236,7 +236,6 @@ class MultiVectorIndex:
             "model": {"name": self.model_name, "fingerprint": self.model_fingerprint},
             "ids": self._ids,
             "metadata": self._metadata,
-            "extra": extra or {},
         }
         store.write_index(directory, self.vectors, manifest)
 
@@ -264,9 +263,4 @@ class MultiVectorIndex:
         return index
 
 
-def read_extra(directory: str | Path) -> dict[str, Any]:
-    """The ``extra`` section of a saved index's manifest, without loading its vectors."""
-    return dict(store.read_manifest(directory).get("extra") or {})
-
-
-__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult", "read_extra"]
+__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult"]
