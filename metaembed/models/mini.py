@@ -74,7 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "train_max_text_tokens": None,
 }
 VISION_CHANNELS = 1280
-# EfficientNet-Lite's own input normalisation (offline-assets.md), not the usual ImageNet mean/std.
+# EfficientNet-Lite's own input normalisation ((x / 255 - 0.498) / 0.502), not the usual ImageNet mean/std.
 PIXEL_MEAN, PIXEL_STD = 0.498, 0.502
 
 

@@ -1,7 +1,7 @@
 """The MMR training loop: sample a mixed batch, embed both sides, MMR loss, AdamW on trainable parts.
 
 Conventions shared with encoder backends (``from_config``, ``embed``, optional ``prepare``) are in
-the README section "Training" and /work/helpers/TRAINER_API.md.
+the README section "Training".
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def lr_lambda(schedule: ScheduleConfig, total_steps: int) -> Callable[[int], flo
 
 
 def build_model(cfg: TrainConfig, device: torch.device, encoder_cls: type[MetaEmbedEncoder] | None = None):
-    """Seeded ``from_config`` of the configured backend (see TRAINER_API convention 1)."""
+    """Seeded ``from_config(model_cfg, device)`` of the configured backend (README, "Training")."""
     cls = encoder_cls or backend_class(cfg.model.backend)
     if not hasattr(cls, "from_config"):
         raise TypeError(f"backend {cfg.model.backend!r} ({cls.__name__}) has no from_config(model_cfg, device)")
