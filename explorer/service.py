@@ -246,12 +246,7 @@ class Explorer:
                 session.gallery_choice = OWN
                 session.last = None
             if session.own_gallery is not None:
-                stats = gallery_stats(session.own_gallery)
-                report.total_items, report.pages = stats["items"], stats["pages"]
-                report.images, report.stored_bytes = stats["images"], stats["stored_bytes"]
-        report.summary = (f"{len(report.accepted)} file(s) accepted, {report.indexed} item(s) indexed, "
-                          f"{len(report.skipped)} skipped; your gallery holds {report.total_items} item(s) "
-                          f"({report.images} images, {report.pages} PDF pages, {report.stored_bytes:,} bytes).")
+                report.gallery = gallery_stats(session.own_gallery)
         return report.to_dict()
 
     # ------------------------------------------------------------------ trade-off

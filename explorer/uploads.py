@@ -30,20 +30,29 @@ UPLOADS = "uploads"
 
 @dataclass
 class UploadReport:
-    """What happened to one upload batch (shown in the Gallery tab and returned by the API)."""
+    """What happened to one upload batch (shown in the Gallery tab and returned by the API).
+
+    ``gallery`` holds the session gallery's counts after the upload (:func:`explorer.gallery.gallery_stats`).
+    """
 
     accepted: list[str] = field(default_factory=list)
     # {"file", "reason"}: not "path", which gradio_client would try to download as a file
     skipped: list[dict[str, str]] = field(default_factory=list)
     indexed: int = 0
-    total_items: int = 0
-    pages: int = 0
-    images: int = 0
-    stored_bytes: int = 0
-    summary: str = ""
+    gallery: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        g = self.gallery
+        return (f"{len(self.accepted)} file(s) accepted, {self.indexed} item(s) indexed, {len(self.skipped)} "
+                f"skipped; your gallery holds {g.get('items', 0)} item(s) ({g.get('images', 0)} images, "
+                f"{g.get('pages', 0)} PDF pages, {g.get('stored_bytes', 0):,} bytes).")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        g = self.gallery
+        return {"accepted": self.accepted, "skipped": self.skipped, "indexed": self.indexed,
+                "total_items": g.get("items", 0), "pages": g.get("pages", 0), "images": g.get("images", 0),
+                "stored_bytes": g.get("stored_bytes", 0), "summary": self.summary}
 
 
 def _unique_name(folder: Path, name: str) -> Path:
@@ -121,7 +130,6 @@ def build_session_gallery(session: Session, encoder: MetaEmbedEncoder, admitted:
         report.skipped.append({"file": Path(display).name, "reason": str(skip["reason"])})
         _drop(session, display)  # a whole file that failed: no-op for a "#page=" label
     report.indexed = int(built.indexed)
-    report.total_items = int(built.total_items)
     return built.gallery
 
 

@@ -8,16 +8,8 @@ from pathlib import Path
 import torch
 
 from metaembed.bundled import MODEL_DIR
-from metaembed.models.base import (
-    CONFIG_NAME,
-    AttentionUnsupported,
-    Item,
-    MetaEmbedEncoder,
-    ModelLoadError,
-    TokenAttention,
-    pick_device,
-    read_config,
-)
+from metaembed.models.attention import AttentionUnsupported, TokenAttention
+from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
 
 #: ``config.json["backend"]`` -> "module:Class", imported lazily so a backend's heavy
 #: dependencies load only when that backend is used.

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from metaembed.models.attention import AttentionUnsupported, TokenAttention
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -26,10 +28,6 @@ CONFIG_NAME = "config.json"
 
 class ModelLoadError(RuntimeError):
     """A checkpoint that is missing, incomplete, or does not match its config."""
-
-
-class AttentionUnsupported(NotImplementedError):
-    """The backend cannot say where its Meta Tokens attend; callers show a note instead of an overlay."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,25 +47,6 @@ class Item:
     def __post_init__(self) -> None:
         if self.image is None and not (self.text and self.text.strip()):
             raise ValueError("an item needs an image or a non-empty text")
-
-
-@dataclass(frozen=True, eq=False)
-class TokenAttention:
-    """Where each candidate Meta Token attends in one item: last layer, heads averaged.
-
-    ``visual[j]`` is Meta Token j's attention over the ``(rows, cols)`` grid of visual tokens laid over
-    ``canvas``, the image exactly as the encoder saw it (None for a text-only item). ``text[j, t]`` is its
-    attention on the item's own text token t: ``tokens[t]`` is the token as the tokenizer wrote it and
-    ``item.text[spans[t][0]:spans[t][1]]`` the characters it came from, so a caller can highlight page
-    words. Attention also goes to what is not listed (special tokens, the instruction, other Meta
-    Tokens), so ``visual[j].sum() + text[j].sum() <= 1``.
-    """
-
-    visual: torch.Tensor | None  # (R_c, rows, cols)
-    text: torch.Tensor  # (R_c, T)
-    tokens: list[str]
-    spans: list[tuple[int, int]]
-    canvas: Image.Image | None
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

@@ -38,15 +38,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from metaembed.io import atomic_write, atomic_write_json
-from metaembed.models.base import (
-    CONFIG_NAME,
-    Item,
-    MetaEmbedEncoder,
-    ModelLoadError,
-    TokenAttention,
-    pick_device,
-    read_config,
-)
+from metaembed.models.attention import TokenAttention
+from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
 
 logger = logging.getLogger(__name__)
 
