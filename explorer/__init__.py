@@ -2,7 +2,8 @@
 budget trade-offs, the scale calculator and per-session upload galleries.
 
 ``app.py`` is a thin Gradio layer over :class:`explorer.service.Explorer`; nothing here
-imports gradio, so the same calls are usable from notebooks and tests.
+imports gradio, so the same calls are usable from notebooks and tests. Dependencies go one way:
+``app.py -> explorer -> index_builder -> metaembed``.
 """
 
 from explorer.config import ExplorerConfig
