@@ -1,31 +1,41 @@
-"""MetaEmbed Explorer: a thin Gradio UI over :mod:`metaembed.explorer` (all logic lives there).
+"""MetaEmbed Explorer: a thin Gradio UI over the ``explorer`` package (all logic lives there).
 
-Run ``python app.py [--host H] [--port P]`` (``GRADIO_SERVER_PORT`` / ``GRADIO_SERVER_NAME`` are honoured).
-Model, gallery, eval set and upload caps come from ``METAEMBED_*`` environment variables (README).
-Every event has an ``api_name`` so ``gradio_client`` can drive the app; per-visitor state is kept
-server-side, keyed by Gradio's session hash, so visitors never see each other's uploads.
+Run ``python app.py [--host H] [--port P] [--model M] [--gallery DIR]`` (``GRADIO_SERVER_PORT`` /
+``GRADIO_SERVER_NAME`` are honoured). Model, gallery, eval set and upload caps come from ``METAEMBED_*``
+environment variables (README), and the flags override them. Every event has an ``api_name`` so
+``gradio_client`` can drive the app; per-visitor state is kept server-side, keyed by Gradio's session hash,
+so visitors never see each other's uploads.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
 import os
-import threading
-from collections.abc import Iterator
-from typing import Any
 
-import gradio as gr
-import pandas as pd
-from PIL import Image, UnidentifiedImageError
+# This process never contacts a model hub: set before gradio and transformers import huggingface_hub,
+# which reads the variable once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from metaembed.budget import TRAINED_GROUPS
-from metaembed.explorer import scale
-from metaembed.explorer.config import ExplorerConfig
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.search import MAX_K
-from metaembed.explorer.service import DEMO, OWN, Explorer
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from explorer import scale  # noqa: E402
+from explorer.config import ExplorerConfig  # noqa: E402
+from explorer.errors import ExplorerError  # noqa: E402
+from explorer.search import MAX_K  # noqa: E402
+from explorer.service import DEMO, OWN, Explorer  # noqa: E402
+from metaembed.budget import DEFAULT_R_C, DEFAULT_R_Q, TRAINED_GROUPS  # noqa: E402
+from metaembed.datasets.build import build as build_eval_sets  # noqa: E402
+from metaembed.models import ModelLoadError, token_counts  # noqa: E402
 
 logger = logging.getLogger("metaembed.app")
 
@@ -55,7 +65,7 @@ def friendly_image_decode(component: gr.Image) -> gr.Image:
 
 
 def named_bounds(slider: gr.Slider, name: str) -> gr.Slider:
-    """An out-of-range value sent through the API names the parameter and its bounds."""
+    """Gradio refuses an out-of-range slider value sent through the API; say which parameter and its bounds."""
     original = slider.preprocess
 
     def preprocess(payload: Any) -> Any:
@@ -84,9 +94,28 @@ def _sid(request: gr.Request | None) -> str:
     return request.session_hash
 
 
-def build_app(explorer: Explorer) -> gr.Blocks:
-    """Lay out the five tabs and wire each action to one library call (each with an ``api_name``)."""
-    caps = explorer.config.caps
+def default_bounds(model: str) -> tuple[int, int]:
+    """(R_q, R_c) of the configured model, read from its config.json: the model itself loads after launch.
+
+    When that cannot be read the paper's 16 / 64 stand in; the first search then says what is wrong.
+    """
+    try:
+        return token_counts(model)
+    except ModelLoadError:
+        return DEFAULT_R_Q, DEFAULT_R_C
+
+
+@dataclass
+class SearchTab:
+    """The Search tab's components that other tabs wire to."""
+
+    r_q: gr.Slider
+    r_c: gr.Slider
+    results: gr.Gallery
+
+
+def search_tab(explorer: Explorer, max_r_q: int, max_r_c: int) -> SearchTab:
+    """Query, budget sliders and presets, top-k and mode -> results, live figures and the ranking change."""
 
     def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, request: gr.Request):
         with friendly():
@@ -99,6 +128,48 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         r_q, r_c = (int(v) for v in preset.strip("()").split(","))
         return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, request))
 
+    with gr.Tab("Search", id="search"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch", elem_id="query")
+                image = friendly_image_decode(gr.Image(label="Image query (optional)", type="filepath", height=180,
+                                                       sources=["upload", "clipboard"]))
+                instruction = gr.Textbox(label="Instruction (optional)",
+                                         info="empty = the gallery task's trained instruction; 'none' = none",
+                                         placeholder="e.g. Find me an everyday image that matches the given caption.")
+                r_q = named_bounds(gr.Slider(1, max_r_q, value=min(8, max_r_q), step=1, label="r_q — query vectors",
+                                             elem_id="r_q"), "r_q")
+                r_c = named_bounds(gr.Slider(1, max_r_c, value=min(16, max_r_c), step=1,
+                                             label="r_c — candidate vectors", elem_id="r_c"), "r_c")
+                preset = gr.Radio(PRESETS, label="Trained groups (one click)", value=None)
+                k = gr.Slider(1, MAX_K, value=10, step=1, label="top-k")
+                with gr.Row():
+                    mode = gr.Radio(["exhaustive", "two-stage"], value="exhaustive", label="Scoring",
+                                    info="two-stage: FAISS on token 0, then MaxSim on the top k′")
+                    k_prime = gr.Slider(1, 1000, value=100, step=1, label="k′ (first-stage shortlist)")
+                search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+            with gr.Column(scale=3):
+                results = gr.Gallery(label="Results (click one for its token matches)", columns=4, height=420,
+                                     object_fit="contain", elem_id="results")
+                with gr.Row():
+                    figures_md = gr.Markdown(label="live figures", elem_id="figures")
+                    diff_md = gr.Markdown(label="ranking change", elem_id="diff")
+                with gr.Accordion("Raw results and figures (what the API returns)", open=False):
+                    results_json = gr.JSON(label="results")
+                    figures_json = gr.JSON(label="figures")
+    inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime]
+    outputs = [results, figures_md, diff_md, results_json, figures_json]
+    # Sliders re-rank on release (not on every drag step); the cached query vectors are reused.
+    gr.on([search_btn.click, text.submit, image.upload, r_q.release, r_c.release, k.release, k_prime.release,
+           mode.input], do_search, inputs, outputs, api_name="search", trigger_mode="always_last")
+    preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime], [r_q, r_c, *outputs],
+                 api_name="preset_search", trigger_mode="always_last")
+    return SearchTab(r_q=r_q, r_c=r_c, results=results)
+
+
+def tokens_tab(explorer: Explorer, results: gr.Gallery, tabs: gr.Tabs) -> None:
+    """Heatmap of a result's Meta-Token matches and the attention overlay; clicking a result opens it."""
+
     def do_tokens(rank, query_token, request: gr.Request):
         with friendly():
             fig, overlay, note, data = explorer.token_matches(_sid(request), rank, query_token)
@@ -107,6 +178,29 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     def do_select(query_token, evt: gr.SelectData, request: gr.Request):
         rank = int(evt.index) + 1
         return (rank, *do_tokens(rank, query_token, request), gr.Tabs(selected="tokens"))
+
+    with gr.Tab("Token matches", id="tokens", elem_id="tokens-tab"):
+        gr.Markdown("Which candidate Meta Token each query Meta Token matches (circled) and its share of the "
+                    "MaxSim score, for a result of the last search; image candidates also show where the "
+                    "matched tokens attend.")
+        with gr.Row():
+            rank = gr.Number(value=1, precision=0, label="result rank", minimum=1)
+            query_token = gr.Number(value=0, precision=0, minimum=0, label="overlay: query token (0 = all)")
+            tokens_btn = gr.Button("Show token matches", elem_id="tokens-btn")
+        with gr.Row():
+            heatmap = gr.Plot(label="similarity heatmap", elem_id="heatmap")
+            with gr.Column():
+                overlay = gr.Image(label="attention overlay", type="pil", interactive=False)
+                overlay_note = gr.Markdown(label="overlay note")
+        tokens_json = gr.JSON(label="token matches (data)", visible=False)
+    outputs = [heatmap, overlay, overlay_note, tokens_json]
+    tokens_btn.click(do_tokens, [rank, query_token], outputs, api_name="token_matches")
+    results.select(do_select, [query_token], [rank, *outputs, tabs], api_name="select_result")
+
+
+def gallery_tab(explorer: Explorer, demo: gr.Blocks) -> None:
+    """Private uploads (build / extend), demo <-> own, and the gallery status shown on page load."""
+    caps = explorer.config.caps
 
     def do_upload(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio's injection idiom)
         with friendly():
@@ -121,9 +215,26 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     def do_status(request: gr.Request):
         return explorer.gallery_status(_sid(request))
 
-    def do_model(name, request: gr.Request):
-        with friendly():
-            return explorer.select_model(_sid(request), name)
+    with gr.Tab("Gallery", id="gallery"):
+        gr.Markdown(f"**Your own gallery** — {caps.describe()} Images (PNG, JPEG, GIF, BMP, TIFF, WebP) "
+                    "and PDFs (one item per page). Adding files extends your gallery.")
+        files = gr.File(file_count="multiple", label="Images and PDFs", file_types=["image", ".pdf"])
+        build_btn = gr.Button("Build / extend my gallery", variant="primary")
+        build_summary = gr.Markdown(label="upload summary")
+        with gr.Row():
+            which = gr.Radio([DEMO, OWN], value=DEMO, label="Search which gallery")
+            refresh_btn = gr.Button("Refresh status")
+        with gr.Row():
+            build_report = gr.JSON(label="last upload report (skipped files with reasons)")
+            status = gr.JSON(label="gallery in use")
+    build_btn.click(do_upload, [files], [build_report, build_summary, status, which], api_name="upload")
+    which.input(do_use_gallery, [which], [status], api_name="use_gallery")
+    refresh_btn.click(do_status, None, [status], api_name="gallery_status")
+    demo.load(do_status, None, [status], api_name="session_start")
+
+
+def tradeoff_tab(explorer: Explorer) -> None:
+    """Budget sweeps (chart, table, Pareto front) and the scale calculator."""
 
     def do_sweep(source, file, budgets, cost, two_stage, k_prime, request: gr.Request):
         with friendly():
@@ -137,131 +248,83 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             rows, verdict = explorer.scale(model, dtype, n, r_q, r_c, device, device_gib)
         return rows, verdict
 
+    with gr.Tab("Trade-off", id="tradeoff"):
+        gr.Markdown("Sweep budgets on an eval set: the bundled one, a BEIR-layout **zip** (corpus.jsonl, "
+                    "queries.jsonl, qrels/test.tsv), or a **CSV/JSONL** of `query,relevant_item` for the "
+                    "current gallery (relevant_item = item id, file name, or `file.pdf#page`).")
+        with gr.Row():
+            source = gr.Radio(["bundled", "upload"], value="bundled", label="eval set")
+            eval_file = gr.File(label="your eval file", file_types=[".zip", ".csv", ".jsonl", ".json"])
+        with gr.Row():
+            budgets = gr.Textbox(value="1x1,2x4,4x8,8x16,16x64,16x16,4x64", label="budgets (RQxRC, comma-separated)")
+            cost = gr.Radio(["bytes read", "scoring latency"], value="bytes read", label="Pareto cost")
+            sweep_two_stage = gr.Checkbox(label="two-stage", value=False)
+            sweep_k_prime = gr.Number(value=100, precision=0, minimum=1, label="k′")
+        sweep_btn = gr.Button("Run sweep", variant="primary")
+        sweep_plot = gr.Plot(label="quality vs latency vs bytes")
+        sweep_summary = gr.Markdown(label="sweep summary")
+        sweep_table = gr.Dataframe(label="sweep (★ = Pareto-optimal)", interactive=False,
+                                   headers=["budget", "metrics…", "scoring ms/query", "bytes read/query", "Pareto"])
+        gr.Markdown("### Scale calculator\nIndex memory `N·r_c·D·bytes` and scoring FLOPs `2·r_q·r_c·D·N` per "
+                    "query. Qwen2.5-VL 7B, bf16, N=100,000 gives the paper's rows.")
+        with gr.Row():
+            calc_model = gr.Dropdown(list(scale.MODEL_DIMS), value="Qwen2.5-VL 7B", label="model (D)")
+            calc_dtype = gr.Radio(list(scale.DTYPES), value="bf16", label="dtype")
+            calc_n = gr.Number(value=100_000, precision=0, minimum=1, label="N candidates")
+            calc_rq = gr.Number(value=8, precision=0, minimum=1, label="r_q")
+            calc_rc = gr.Number(value=16, precision=0, minimum=1, label="r_c")
+        with gr.Row():
+            calc_device = gr.Dropdown(list(scale.DEVICES_GIB), value="A100 / H100 (80 GiB)", label="device")
+            calc_gib = gr.Number(value=0, minimum=0, label="or memory in GiB (0 = the device's)")
+            calc_btn = gr.Button("Calculate")
+        calc_table = gr.Dataframe(headers=["budget", "GFLOPs / query", "index GiB", "fits"], interactive=False)
+        calc_verdict = gr.Markdown(label="verdict")
+    sweep_btn.click(do_sweep, [source, eval_file, budgets, cost, sweep_two_stage, sweep_k_prime],
+                    [sweep_plot, sweep_table, sweep_summary], api_name="sweep")
+    calc_btn.click(do_scale, [calc_model, calc_dtype, calc_n, calc_rq, calc_rc, calc_device, calc_gib],
+                   [calc_table, calc_verdict], api_name="scale")
+
+
+def model_tab(explorer: Explorer, r_q: gr.Slider, r_c: gr.Slider) -> None:
+    """Switch this session's model; the budget sliders then span the loaded model's R_q and R_c."""
+
+    def do_model(name, request: gr.Request):
+        with friendly():
+            return explorer.select_model(_sid(request), name)
+
+    def do_bounds(current_r_q, current_r_c, request: gr.Request):
+        with friendly():
+            max_r_q, max_r_c = explorer.budget_bounds(_sid(request))
+        return (gr.Slider(maximum=max_r_q, value=min(int(current_r_q), max_r_q)),
+                gr.Slider(maximum=max_r_c, value=min(int(current_r_c), max_r_c)))
+
+    with gr.Tab("Model", id="model"):
+        gr.Markdown("`mini` = the bundled MetaEmbed-Mini; or the path of a MetaEmbed checkpoint directory "
+                    "on this machine (config.json + .safetensors). A gallery only answers the model that "
+                    "built it.")
+        model_name = gr.Textbox(value=explorer.config.model, label="model")
+        model_btn = gr.Button("Load model")
+        model_status = gr.Markdown(label="model status")
+    model_btn.click(do_model, [model_name], [model_status], api_name="select_model").success(
+        do_bounds, [r_q, r_c], [r_q, r_c], api_visibility="private")
+
+
+def build_app(explorer: Explorer) -> gr.Blocks:
+    """The five tabs, each laid out and wired by its own function (every action has an ``api_name``)."""
+
     def on_unload(request: gr.Request):
         explorer.close_session(request.session_hash)
 
+    max_r_q, max_r_c = default_bounds(explorer.config.model)
     # Result thumbnails are copied to Gradio's cache on every search: purge files older than an hour.
     with gr.Blocks(title="MetaEmbed Explorer", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
-            with gr.Tab("Search", id="search"):
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch",
-                                          elem_id="query")
-                        image = friendly_image_decode(gr.Image(label="Image query (optional)", type="filepath",
-                                                               height=180, sources=["upload", "clipboard"]))
-                        instruction = gr.Textbox(label="Instruction (optional)",
-                                                 info="empty = the gallery task's trained instruction; 'none' = none",
-                                                 placeholder="e.g. Find me an everyday image that matches the given "
-                                                             "caption.")
-                        r_q = named_bounds(gr.Slider(1, 16, value=8, step=1, label="r_q — query vectors",
-                                                     elem_id="r_q"), "r_q")
-                        r_c = named_bounds(gr.Slider(1, 64, value=16, step=1, label="r_c — candidate vectors",
-                                                     elem_id="r_c"), "r_c")
-                        preset = gr.Radio(PRESETS, label="Trained groups (one click)", value=None)
-                        k = gr.Slider(1, MAX_K, value=10, step=1, label="top-k")
-                        with gr.Row():
-                            mode = gr.Radio(["exhaustive", "two-stage"], value="exhaustive", label="Scoring",
-                                            info="two-stage: FAISS on token 0, then MaxSim on the top k′")
-                            k_prime = gr.Slider(1, 1000, value=100, step=1, label="k′ (first-stage shortlist)")
-                        search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
-                    with gr.Column(scale=3):
-                        results = gr.Gallery(label="Results (click one for its token matches)", columns=4, height=420,
-                                             object_fit="contain", elem_id="results")
-                        with gr.Row():
-                            figures_md = gr.Markdown(label="live figures", elem_id="figures")
-                            diff_md = gr.Markdown(label="ranking change", elem_id="diff")
-                        with gr.Accordion("Raw results and figures (what the API returns)", open=False):
-                            results_json = gr.JSON(label="results")
-                            figures_json = gr.JSON(label="figures")
-            with gr.Tab("Token matches", id="tokens", elem_id="tokens-tab"):
-                gr.Markdown("Which candidate Meta Token each query Meta Token matches (circled) and its share of the "
-                            "MaxSim score, for a result of the last search; image candidates also show where the "
-                            "matched tokens attend.")
-                with gr.Row():
-                    rank = gr.Number(value=1, precision=0, label="result rank", minimum=1)
-                    query_token = gr.Number(value=0, precision=0, minimum=0, label="overlay: query token (0 = all)")
-                    tokens_btn = gr.Button("Show token matches", elem_id="tokens-btn")
-                with gr.Row():
-                    heatmap = gr.Plot(label="similarity heatmap", elem_id="heatmap")
-                    with gr.Column():
-                        overlay = gr.Image(label="attention overlay", type="pil", interactive=False)
-                        overlay_note = gr.Markdown(label="overlay note")
-                tokens_json = gr.JSON(label="token matches (data)", visible=False)
-            with gr.Tab("Gallery", id="gallery"):
-                gr.Markdown(f"**Your own gallery** — {caps.describe()} Images (PNG, JPEG, GIF, BMP, TIFF, WebP) "
-                            "and PDFs (one item per page). Adding files extends your gallery.")
-                files = gr.File(file_count="multiple", label="Images and PDFs", file_types=["image", ".pdf"])
-                build_btn = gr.Button("Build / extend my gallery", variant="primary")
-                build_summary = gr.Markdown(label="upload summary")
-                with gr.Row():
-                    which = gr.Radio([DEMO, OWN], value=DEMO, label="Search which gallery")
-                    refresh_btn = gr.Button("Refresh status")
-                with gr.Row():
-                    build_report = gr.JSON(label="last upload report (skipped files with reasons)")
-                    status = gr.JSON(label="gallery in use")
-            with gr.Tab("Trade-off", id="tradeoff"):
-                gr.Markdown("Sweep budgets on an eval set: the bundled one, a BEIR-layout **zip** (corpus.jsonl, "
-                            "queries.jsonl, qrels/test.tsv), or a **CSV/JSONL** of `query,relevant_item` for the "
-                            "current gallery (relevant_item = item id, file name, or `file.pdf#page`).")
-                with gr.Row():
-                    source = gr.Radio(["bundled", "upload"], value="bundled", label="eval set")
-                    eval_file = gr.File(label="your eval file", file_types=[".zip", ".csv", ".jsonl", ".json"])
-                with gr.Row():
-                    budgets = gr.Textbox(value="1x1,2x4,4x8,8x16,16x64,16x16,4x64",
-                                         label="budgets (RQxRC, comma-separated)")
-                    cost = gr.Radio(["bytes read", "scoring latency"], value="bytes read", label="Pareto cost")
-                    sweep_two_stage = gr.Checkbox(label="two-stage", value=False)
-                    sweep_k_prime = gr.Number(value=100, precision=0, minimum=1, label="k′")
-                sweep_btn = gr.Button("Run sweep", variant="primary")
-                sweep_plot = gr.Plot(label="quality vs latency vs bytes")
-                sweep_summary = gr.Markdown(label="sweep summary")
-                sweep_table = gr.Dataframe(label="sweep (★ = Pareto-optimal)", interactive=False,
-                                           headers=["budget", "metrics…", "scoring ms/query", "bytes read/query",
-                                                    "Pareto"])
-                gr.Markdown("### Scale calculator\nIndex memory `N·r_c·D·bytes` and scoring FLOPs `2·r_q·r_c·D·N` per "
-                            "query. Qwen2.5-VL 7B, bf16, N=100,000 gives the paper's rows.")
-                with gr.Row():
-                    calc_model = gr.Dropdown(list(scale.MODEL_DIMS), value="Qwen2.5-VL 7B", label="model (D)")
-                    calc_dtype = gr.Radio(list(scale.DTYPES), value="bf16", label="dtype")
-                    calc_n = gr.Number(value=100_000, precision=0, minimum=1, label="N candidates")
-                    calc_rq = gr.Number(value=8, precision=0, minimum=1, label="r_q")
-                    calc_rc = gr.Number(value=16, precision=0, minimum=1, label="r_c")
-                with gr.Row():
-                    calc_device = gr.Dropdown(list(scale.DEVICES_GIB), value="A100 / H100 (80 GiB)", label="device")
-                    calc_gib = gr.Number(value=0, minimum=0, label="or memory in GiB (0 = the device's)")
-                    calc_btn = gr.Button("Calculate")
-                calc_table = gr.Dataframe(headers=["budget", "GFLOPs / query", "index GiB", "fits"], interactive=False)
-                calc_verdict = gr.Markdown(label="verdict")
-            with gr.Tab("Model", id="model"):
-                gr.Markdown("`mini` = the bundled MetaEmbed-Mini; or the path of a MetaEmbed checkpoint directory "
-                            "on this machine (config.json + .safetensors). A gallery only answers the model that "
-                            "built it.")
-                model_name = gr.Textbox(value=explorer.config.model, label="model")
-                model_btn = gr.Button("Load model")
-                model_status = gr.Markdown(label="model status")
-
-        search_inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime]
-        search_outputs = [results, figures_md, diff_md, results_json, figures_json]
-        # Sliders re-rank on release (not on every drag step); the cached query vectors are reused.
-        gr.on([search_btn.click, text.submit, image.upload, r_q.release, r_c.release, k.release, k_prime.release,
-               mode.input],
-              do_search, search_inputs, search_outputs, api_name="search", trigger_mode="always_last")
-        preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime], [r_q, r_c, *search_outputs],
-                     api_name="preset_search", trigger_mode="always_last")
-        token_outputs = [heatmap, overlay, overlay_note, tokens_json]
-        tokens_btn.click(do_tokens, [rank, query_token], token_outputs, api_name="token_matches")
-        results.select(do_select, [query_token], [rank, *token_outputs, tabs], api_name="select_result")
-        build_btn.click(do_upload, [files], [build_report, build_summary, status, which], api_name="upload")
-        which.input(do_use_gallery, [which], [status], api_name="use_gallery")
-        refresh_btn.click(do_status, None, [status], api_name="gallery_status")
-        model_btn.click(do_model, [model_name], [model_status], api_name="select_model")
-        sweep_btn.click(do_sweep, [source, eval_file, budgets, cost, sweep_two_stage, sweep_k_prime],
-                        [sweep_plot, sweep_table, sweep_summary], api_name="sweep")
-        calc_btn.click(do_scale, [calc_model, calc_dtype, calc_n, calc_rq, calc_rc, calc_device, calc_gib],
-                       [calc_table, calc_verdict], api_name="scale")
-        demo.load(do_status, None, [status], api_name="session_start")
+            search = search_tab(explorer, max_r_q, max_r_c)
+            tokens_tab(explorer, search.results, tabs)
+            gallery_tab(explorer, demo)
+            tradeoff_tab(explorer)
+            model_tab(explorer, search.r_q, search.r_c)
         demo.unload(on_unload)
     return demo
 
@@ -271,20 +334,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="bind address (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--model", default=None, help="model name or checkpoint dir (overrides METAEMBED_MODEL)")
-    parser.add_argument("--gallery", default=None, help="demo gallery dir (overrides METAEMBED_GALLERY)")
+    parser.add_argument("--gallery", type=Path, default=None, help="demo gallery dir (overrides METAEMBED_GALLERY)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("METAEMBED_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.model:
-        os.environ["METAEMBED_MODEL"] = args.model
-    if args.gallery:
-        os.environ["METAEMBED_GALLERY"] = args.gallery
-    explorer = Explorer(ExplorerConfig.from_env())
+    config = ExplorerConfig.from_env(model=args.model, gallery=args.gallery)
+    explorer = Explorer(config, build_eval_sets=build_eval_sets)
     demo = build_app(explorer)
     demo.queue(default_concurrency_limit=2)
     # Result thumbnails are served from the gallery folders (session folders have unguessable names).
-    served = [str(p) for p in (explorer.config.gallery, explorer.config.session_root) if p is not None]
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=explorer.config.caps.max_bytes,
+    served = [str(p) for p in (config.gallery, config.session_root) if p is not None]
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=config.caps.max_bytes,
                 footer_links=["api", "gradio"], allowed_paths=served, prevent_thread_lock=True)
     # Load the model and demo gallery once the server answers, so startup stays within seconds.
     threading.Thread(target=explorer.warm_up, name="warm-up", daemon=True).start()

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     encoder = load_encoder(args.model, device="cpu")
     images, captions = tux_inputs(args.images)
-    from metaembed.datasets.instructions import IMAGE_TO_TEXT, TEXT_TO_IMAGE
+    from metaembed.models.instructions import IMAGE_TO_TEXT, TEXT_TO_IMAGE
 
     image_items = [Item(image=img, instruction=TEXT_TO_IMAGE.candidate) for img in images]
     query_items = [Item(text=c, instruction=TEXT_TO_IMAGE.query) for c in captions]

@@ -6,12 +6,12 @@ is only ever replaced atomically. A rerun plans against what is already committe
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 
 from index_builder.captions import load_captions
-from index_builder.discovery import Found, Rejected, discover
+from index_builder.discovery import Found, InputFile, Rejected, discover, examine
 from index_builder.errors import GalleryError, InputSkipped
 from index_builder.gallery import THUMBS_DIR, Gallery, thumb_name
 from index_builder.images import DEFAULT_MAX_SIDE, load_image
-from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, count_pages, iter_pages
+from index_builder.items import IMAGE, PDF_PAGE, GalleryItem, candidate_instruction, candidate_item
+from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, iter_pages
 from index_builder.prefetch import prefetch
 from index_builder.progress import Progress, ProgressTracker
 from index_builder.storage import save_thumbnail
-from metaembed.datasets.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
-from metaembed.models import Item, MetaEmbedEncoder, load_encoder
+from metaembed.models import MetaEmbedEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +43,20 @@ class Unit:
     """One item to encode: an image file, or one page of a PDF."""
 
     item_id: str
-    found: Found
-    sha256: str
+    found: InputFile
     page: int | None = None
-    pages: int | None = None
     caption: str | None = None
 
 
 @dataclass
 class BuildReport:
-    """What one build/add run did; ``to_dict()`` is written to ``report.json``."""
+    """What one build/add run did; ``to_dict()`` (all but the open ``gallery``) is written to ``report.json``.
 
-    gallery: str
+    ``gallery`` is the gallery as it is after the run, open and in memory: a caller searches it without
+    reading it back from disk.
+    """
+
+    gallery: Gallery
     indexed: int = 0
     resumed: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -85,12 +87,13 @@ class BuildReport:
         self.skipped.append({"path": path, "reason": reason})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok, "summary": self.summary}
+        counts = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "gallery"}
+        return {"gallery": str(self.gallery.dir), **counts, "ok": self.ok, "summary": self.summary}
 
 
 def build(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
+    inputs: Sequence[str | Path | InputFile],
+    out_dir: str | Path | Gallery,
     encoder: MetaEmbedEncoder | str | Path | None = None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -103,30 +106,36 @@ def build(
     dtype: torch.dtype = torch.bfloat16,
     max_pixels: int | None = None,
 ) -> BuildReport:
-    """Index ``inputs`` into the gallery at ``out_dir``, creating it or resuming an interrupted build."""
+    """Index ``inputs`` into the gallery at ``out_dir``, creating it or resuming an interrupted build.
+
+    ``inputs`` are files and folders to discover, or :class:`InputFile` records a caller has already
+    examined (the app's upload admission). ``out_dir`` may be a gallery that is already open, which is
+    then extended in place. The returned report holds the open gallery (``report.gallery``).
+    """
     return _run(inputs, out_dir, encoder, create=True, batch_size=batch_size, dpi=dpi, max_pages=max_pages,
                 captions=captions, progress=progress, progress_bar=progress_bar, chunk_size=chunk_size,
                 dtype=dtype, max_pixels=max_pixels)
 
 
 def add(
-    out_dir: str | Path,
-    inputs: Sequence[str | Path],
+    out_dir: str | Path | Gallery,
+    inputs: Sequence[str | Path | InputFile],
     encoder: MetaEmbedEncoder | str | Path | None = None,
     **kwargs: Any,
 ) -> BuildReport:
     """Add files to an existing gallery; without ``encoder`` the model recorded in its manifest is loaded."""
-    gallery = Gallery.open(out_dir)
+    gallery = out_dir if isinstance(out_dir, Gallery) else Gallery.open(out_dir)
     if encoder is None:
         encoder = gallery.manifest["model"].get("ref")
         if encoder is None:
-            raise GalleryError(f"{out_dir} does not record where its model lives; pass the model explicitly")
+            raise GalleryError(f"{gallery.dir} does not record where its model lives; pass the model explicitly")
     kwargs.setdefault("dtype", gallery.index_dtype)
-    return _run(inputs, out_dir, encoder, create=False, **kwargs)
+    return _run(inputs, gallery, encoder, create=False, **kwargs)
 
 
 def _run(
-    inputs: Sequence[str | Path], out_dir: str | Path, encoder: MetaEmbedEncoder | str | Path | None, *,
+    inputs: Sequence[str | Path | InputFile], out_dir: str | Path | Gallery,
+    encoder: MetaEmbedEncoder | str | Path | None, *,
     create: bool, batch_size: int = DEFAULT_BATCH_SIZE, dpi: int = DEFAULT_DPI, max_pages: int = DEFAULT_MAX_PAGES,
     captions: str | Path | None = None, progress: Callable[[Progress], None] | None = None,
     progress_bar: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.bfloat16,
@@ -140,12 +149,12 @@ def _run(
         encoder = load_encoder(encoder)
     start = time.perf_counter()  # after loading the model: seconds and items/s measure ingestion itself
     params = {"dpi": dpi, "max_pages": max_pages, "batch_size": batch_size}
-    if create:
-        gallery = Gallery.open_or_create(out_dir, encoder, model_ref, dtype, params)
-    else:
-        gallery = Gallery.open(out_dir)
+    if isinstance(out_dir, Gallery) or not create:
+        gallery = out_dir if isinstance(out_dir, Gallery) else Gallery.open(out_dir)
         gallery.check_model(encoder)
-    report = BuildReport(gallery=str(out_dir))
+    else:
+        gallery = Gallery.open_or_create(out_dir, encoder, model_ref, dtype, params)
+    report = BuildReport(gallery=gallery)
     units = _plan(inputs, gallery, caption_map, max_pages, report)
     tracker = ProgressTracker(len(units), progress, progress_bar)
     writer = _ChunkWriter(gallery, encoder, batch_size, chunk_size, report)
@@ -171,27 +180,25 @@ def _run(
 
 
 def _plan(
-    inputs: Sequence[str | Path], gallery: Gallery, captions: dict[Path, str], max_pages: int, report: BuildReport
+    inputs: Sequence[str | Path | InputFile], gallery: Gallery, captions: dict[Path, str], max_pages: int,
+    report: BuildReport,
 ) -> list[Unit]:
     """Decide what to encode: skip bad files, duplicates, and items already committed (resume)."""
     present = set(gallery.index.ids)
     known: dict[str, tuple[str, Path]] = {}  # sha256 -> (source, file) already in the gallery
     for item_id in present:
-        meta = gallery.index.get_metadata(item_id)
-        known.setdefault(meta.get("sha256"), (meta.get("source"), (gallery.dir / meta.get("path", "")).resolve()))
+        record = gallery.item(item_id)
+        known.setdefault(record.sha256, (record.source, (gallery.dir / (record.path or "")).resolve()))
     first_seen: dict[str, str] = {}
     units: list[Unit] = []
     for entry in discover(inputs, exclude=[gallery.dir]):
         report.files_seen += 1
+        if isinstance(entry, Found):
+            entry = examine(entry, max_pages)
         if isinstance(entry, Rejected):
             report.skip(entry.path, entry.reason)
             continue
-        try:
-            sha = _sha256(entry.path)
-            pages = count_pages(entry.path, max_pages) if entry.kind == "pdf" else None
-        except InputSkipped as err:
-            report.skip(entry.display, str(err))
-            continue
+        sha = entry.sha256
         owner = first_seen.get(sha)
         if owner is None and sha in known and known[sha][1] != entry.path.resolve():
             owner = known[sha][0]  # same content committed from another file
@@ -200,13 +207,13 @@ def _plan(
             continue
         first_seen[sha] = entry.display
         caption = captions.get(entry.path.resolve())
-        numbers: list[int | None] = list(range(1, pages + 1)) if pages else [None]
+        numbers: list[int | None] = list(range(1, entry.pages + 1)) if entry.pages else [None]
         for number in numbers:
             item_id = sha[:16] if number is None else f"{sha[:16]}-p{number:04d}"
             if item_id in present:
                 report.resumed += 1
             else:
-                units.append(Unit(item_id, entry, sha, number, pages, caption))
+                units.append(Unit(item_id, entry, number, caption))
     return units
 
 
@@ -311,46 +318,25 @@ class _ChunkWriter:
         return vectors
 
     def _metadata(self, unit: Unit, image: Image.Image, text: str | None) -> dict[str, Any]:
-        thumb = f"{THUMBS_DIR}/{thumb_name(unit.item_id)}"  # written by _load
-        return {
-            "kind": "image" if unit.page is None else "pdf-page",
-            "source": unit.found.display,
-            "path": self.gallery.relpath(unit.found.path),
-            "page": unit.page,
-            "pages": unit.pages,
-            "caption": unit.caption,
-            "text": text if unit.page is not None else None,
-            "instruction": _instruction(unit.page is not None),
-            "sha256": unit.sha256,
-            "thumbnail": thumb,
-            "width": image.width,
-            "height": image.height,
-        }
-
-
-def _instruction(is_page: bool) -> str | None:
-    """The candidate instruction the model was trained with for this kind of item (datasets/instructions.py)."""
-    return TEXT_TO_PAGE.candidate if is_page else TEXT_TO_IMAGE.candidate
-
-
-def candidate_item(is_page: bool, image: Image.Image, text: str | None, key: str | None) -> Item:
-    """The exact Item the builder encodes for an image or a PDF page (the benchmark reuses it)."""
-    return Item(text=text, image=image, instruction=_instruction(is_page), key=key)
+        is_page = unit.page is not None
+        return GalleryItem(
+            kind=PDF_PAGE if is_page else IMAGE,
+            source=unit.found.display,
+            path=self.gallery.relpath(unit.found.path),
+            page=unit.page,
+            pages=unit.found.pages,
+            caption=unit.caption,
+            text=text if is_page else None,
+            instruction=candidate_instruction(is_page),
+            sha256=unit.found.sha256,
+            thumbnail=f"{THUMBS_DIR}/{thumb_name(unit.item_id)}",  # written by _load
+            width=image.width,
+            height=image.height,
+        ).to_dict()
 
 
 def _label(unit: Unit) -> str:
     return unit.found.display if unit.page is None else f"{unit.found.display}#page={unit.page}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as err:
-        raise InputSkipped(f"unreadable: {err.strerror or err}") from None
-    return digest.hexdigest()
 
 
 def _batched(iterable: Iterator[tuple[Unit, Image.Image, str | None]], n: int):

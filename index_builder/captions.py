@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from index_builder.errors import GalleryError
+from metaembed.io import JsonlError, read_jsonl
 
 
 def load_captions(sidecar: str | Path) -> dict[Path, str]:
@@ -20,7 +20,7 @@ def load_captions(sidecar: str | Path) -> dict[Path, str]:
         raw = sidecar.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise GalleryError(f"captions file {sidecar}: cannot read ({err})") from None
-    rows = _jsonl_rows(sidecar, raw) if _looks_like_jsonl(sidecar, raw) else _csv_rows(sidecar, raw)
+    rows = _jsonl_rows(sidecar) if _looks_like_jsonl(sidecar, raw) else _csv_rows(sidecar, raw)
     base = sidecar.resolve().parent
     captions: dict[Path, str] = {}
     for line, (path, text) in rows:
@@ -34,18 +34,15 @@ def _looks_like_jsonl(sidecar: Path, raw: str) -> bool:
     return sidecar.suffix.lower() in (".jsonl", ".ndjson", ".json") or raw.lstrip().startswith("{")
 
 
-def _jsonl_rows(sidecar: Path, raw: str) -> list[tuple[int, tuple[str, str]]]:
+def _jsonl_rows(sidecar: Path) -> list[tuple[int, tuple[str, str]]]:
     rows = []
-    for line, text in enumerate(raw.splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise GalleryError(f"captions file {sidecar} line {line}: invalid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise GalleryError(f"captions file {sidecar} line {line}: expected an object with path and text")
-        rows.append((line, (str(obj.get("path") or ""), str(obj.get("text") or ""))))
+    try:
+        for line, obj in read_jsonl(sidecar, encoding="utf-8-sig"):
+            if not isinstance(obj, dict):
+                raise GalleryError(f"captions file {sidecar} line {line}: expected an object with path and text")
+            rows.append((line, (str(obj.get("path") or ""), str(obj.get("text") or ""))))
+    except JsonlError as err:
+        raise GalleryError(f"captions file {sidecar} line {err.line}: invalid JSON ({err.msg})") from None
     return rows
 
 

@@ -1,6 +1,6 @@
 """A gallery directory: manifest + MultiVectorIndex + thumbnails + last report, and how to open one.
 
-Layout (see /work/helpers/INGEST_API.md)::
+Layout::
 
     OUT/manifest.json   model name/fingerprint/ref, vector layout, build parameters
     OUT/index/          metaembed.index.MultiVectorIndex.save() output, committed atomically per chunk
@@ -12,6 +12,7 @@ The index lives in a sub-folder so that its atomic whole-folder save can never c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,10 +23,13 @@ from typing import Any
 
 import torch
 
-from index_builder.errors import GalleryError
-from index_builder.storage import write_json_atomic
-from metaembed.index import MultiVectorIndex, dtype_name
-from metaembed.models import MetaEmbedEncoder
+from index_builder.errors import GalleryError, InputSkipped
+from index_builder.images import load_image
+from index_builder.items import GalleryItem, candidate_item
+from index_builder.pdf import iter_pages
+from metaembed.index import MultiVectorIndex
+from metaembed.io import DTYPES, atomic_write_json, dtype_name
+from metaembed.models import Item, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +40,13 @@ INDEX_DIR = "index"
 THUMBS_DIR = "thumbs"
 REPORT = "report.json"
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
 
 def thumb_name(item_id: str) -> str:
     """Thumbnail file name for an item id (ids are hex + "-p0003", already file-name safe)."""
     return f"{item_id}.webp"
 
 
-@dataclass
+@dataclass(eq=False)
 class Gallery:
     """An opened gallery: ``index`` is the live MultiVectorIndex, ``manifest`` the parsed manifest.json."""
 
@@ -72,8 +74,8 @@ class Gallery:
     ) -> Gallery:
         """Resume the gallery in ``directory`` (same model required) or start a new one there."""
         directory = Path(directory)
-        if dtype not in _DTYPES.values():
-            raise GalleryError(f"unsupported vector dtype {dtype}; use one of {', '.join(_DTYPES)}")
+        if dtype not in DTYPES.values():
+            raise GalleryError(f"unsupported vector dtype {dtype}; use one of {', '.join(DTYPES)}")
         if (directory / MANIFEST).exists():
             gallery = cls.open(directory)
             gallery.check_model(encoder)
@@ -93,46 +95,81 @@ class Gallery:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / MANIFEST, manifest)
+        atomic_write_json(directory / MANIFEST, manifest)
         return cls(directory, manifest, _new_index(manifest))
 
     # -- model ---------------------------------------------------------------------------------------
     @property
     def index_dtype(self) -> torch.dtype:
-        return _DTYPES[self.manifest["dtype"]]
+        return DTYPES[self.manifest["dtype"]]
 
     @property
     def fingerprint(self) -> str:
         return str(self.manifest["model"]["fingerprint"])
 
-    def check_model(self, encoder: MetaEmbedEncoder) -> None:
-        """Refuse to mix vectors from two models: scores across them are meaningless."""
-        got = encoder.fingerprint()
+    def model_problems(self, encoder: MetaEmbedEncoder, fingerprint: str | None = None) -> list[str]:
+        """Why ``encoder`` cannot add to or search this gallery (empty when it can): vectors of two models
+        mean nothing to each other. ``fingerprint`` is ``encoder.fingerprint()`` when the caller has it."""
+        got = fingerprint or encoder.fingerprint()
+        problems = []
         if got != self.fingerprint:
-            raise GalleryError(
-                f"{self.dir} was built with model {self.manifest['model']['name']!r} (fingerprint {self.fingerprint}); "
-                f"the given model {encoder.name!r} has fingerprint {got}. Use the same model or build a new gallery."
-            )
+            problems.append(f"was built with another model, {self.manifest['model']['name']!r} (fingerprint "
+                            f"{self.fingerprint}); the given model {encoder.name!r} has fingerprint {got}")
+        if (int(encoder.dim), int(encoder.num_candidate_tokens)) != (self.index.dim, self.index.num_vectors):
+            problems.append(f"holds D={self.index.dim}, R_c={self.index.num_vectors} vectors but the model makes "
+                            f"D={encoder.dim}, R_c={encoder.num_candidate_tokens}")
+        return problems
+
+    def check_model(self, encoder: MetaEmbedEncoder, fingerprint: str | None = None, name: str | None = None) -> None:
+        """Raise :class:`GalleryError` naming the gallery (``name``, default its folder) when ``encoder`` does
+        not match it."""
+        problems = self.model_problems(encoder, fingerprint)
+        if problems:
+            raise GalleryError(f"{name or self.dir} {'; it '.join(problems)}. Use the model that built it, or "
+                               "build a new gallery with this one.")
 
     # -- items ---------------------------------------------------------------------------------------
+    def item(self, item_id: str) -> GalleryItem:
+        """The metadata record of one item (KeyError naming the id when there is none)."""
+        return GalleryItem.from_dict(self.index.get_metadata(item_id))
+
     def thumbnail(self, item_id: str) -> Path | None:
         """Absolute path of an item's thumbnail, or None when it is missing."""
-        rel = self.index.get_metadata(item_id).get("thumbnail")
+        rel = self.item(item_id).thumbnail
         path = self.dir / rel if rel else None
         return path if path is not None and path.is_file() else None
 
     def source(self, item_id: str) -> Path | None:
         """The original file (image or PDF) of an item, or None when it has moved."""
-        rel = self.index.get_metadata(item_id).get("path")
+        rel = self.item(item_id).path
         path = (self.dir / rel) if rel else None
         return path if path is not None and path.is_file() else None
 
+    def encoded_item(self, item_id: str) -> Item:
+        """The Item the builder encoded for ``item_id``, decoded again from its source (a PDF page rendered at
+        the gallery's dpi): what a re-encode check or an attention overlay must give the model. A source that
+        has moved or no longer decodes raises :class:`InputSkipped`."""
+        record, source = self.item(item_id), self.source(item_id)
+        if source is None:
+            raise InputSkipped(f"source file {record.path} not found (moved?)")
+        if record.is_page:
+            dpi = int(self.manifest["params"]["dpi"])
+            with contextlib.closing(iter_pages(source, [int(record.page)], dpi)) as pages:
+                page = next(pages)
+            if isinstance(page, tuple):
+                raise page[1]
+            image = page.image
+        else:
+            image = load_image(source)
+        return candidate_item(record.is_page, image, record.encoded_text, item_id)
+
     def commit(self) -> None:
-        """Persist the index atomically (the lead's save writes a temp folder and swaps it in)."""
+        """Persist the index atomically (:meth:`metaembed.index.MultiVectorIndex.save`: vectors first, then the
+        manifest that names them)."""
         self.index.save(self.dir / INDEX_DIR)
 
     def write_report(self, report: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / REPORT, report)
+        atomic_write_json(self.dir / REPORT, report)
 
     def relpath(self, path: Path) -> str:
         """``path`` relative to the gallery folder (posix), so a gallery can be moved with its sources."""
@@ -158,7 +195,7 @@ def _new_index(manifest: dict[str, Any]) -> MultiVectorIndex:
     return MultiVectorIndex(
         dim=int(manifest["dim"]),
         num_vectors=int(manifest["r_c"]),
-        dtype=_DTYPES[manifest["dtype"]],
+        dtype=DTYPES[manifest["dtype"]],
         model_name=manifest["model"]["name"],
         model_fingerprint=manifest["model"]["fingerprint"],
     )

@@ -10,11 +10,8 @@ from typing import Any
 
 import torch
 
-from index_builder.builder import candidate_item
 from index_builder.errors import GalleryError, InputSkipped
 from index_builder.gallery import MANIFEST, THUMBS_DIR, Gallery
-from index_builder.images import load_image
-from index_builder.pdf import iter_pages
 from metaembed.budget import TRAINED_GROUPS
 from metaembed.models import MetaEmbedEncoder, ModelLoadError, load_encoder
 
@@ -39,10 +36,10 @@ def remove(out_dir: str | Path, ids_or_sources: Sequence[str]) -> int:
     """
     gallery = Gallery.open(out_dir)
     ids = list(gallery.index.ids)
+    records = {item_id: gallery.item(item_id) for item_id in ids}
     by_source: dict[str, list[str]] = {}
-    for item_id in ids:
-        meta = gallery.index.get_metadata(item_id)
-        for key in (meta.get("source"), meta.get("path")):
+    for item_id, record in records.items():
+        for key in (record.source, record.path):
             if key:
                 by_source.setdefault(key, []).append(item_id)
     present, chosen, unknown = set(ids), [], []
@@ -50,13 +47,12 @@ def remove(out_dir: str | Path, ids_or_sources: Sequence[str]) -> int:
         matched = [arg] if arg in present else by_source.get(arg) or by_source.get(Path(arg).as_posix(), [])
         if not matched:
             resolved = Path(arg).resolve()
-            matched = [i for i in ids if (gallery.dir / gallery.index.get_metadata(i).get("path", "")).resolve()
-                       == resolved]
+            matched = [i for i in ids if (gallery.dir / (records[i].path or "")).resolve() == resolved]
         (chosen.extend(matched) if matched else unknown.append(arg))
     if unknown:
         raise GalleryError(f"no item in {out_dir} has id or source {', '.join(map(repr, unknown))}; nothing removed")
     chosen = list(dict.fromkeys(chosen))
-    thumbs = [gallery.index.get_metadata(i).get("thumbnail") for i in chosen]
+    thumbs = [records[i].thumbnail for i in chosen]
     removed = gallery.index.remove(chosen)
     gallery.commit()
     for rel in thumbs:  # after the commit: a crash in between leaves orphans, never dangling references
@@ -87,16 +83,18 @@ class GalleryInfo:
         return asdict(self)
 
 
-def info(out_dir: str | Path) -> GalleryInfo:
-    gallery = Gallery.open(out_dir)
-    metas = [gallery.index.get_metadata(i) for i in gallery.index.ids]
-    pdf_pages = [m for m in metas if m.get("kind") == "pdf-page"]
+def info(gallery: Gallery | str | Path) -> GalleryInfo:
+    """Counts, shapes, bytes and model of a gallery: an open one (read from memory) or a directory."""
+    if not isinstance(gallery, Gallery):
+        gallery = Gallery.open(gallery)
+    records = [gallery.item(i) for i in gallery.index.ids]
+    pdf_pages = [r for r in records if r.is_page]
     return GalleryInfo(
-        path=str(out_dir),
-        items=len(metas),
-        images=len(metas) - len(pdf_pages),
+        path=str(gallery.dir),
+        items=len(records),
+        images=len(records) - len(pdf_pages),
         pages=len(pdf_pages),
-        documents=len({m.get("sha256") for m in pdf_pages}),
+        documents=len({r.sha256 for r in pdf_pages}),
         dim=int(gallery.manifest["dim"]),
         r_c=int(gallery.manifest["r_c"]),
         dtype=str(gallery.manifest["dtype"]),
@@ -157,7 +155,7 @@ def _check_items(gallery: Gallery, report: VerifyReport) -> None:
     referenced = set()
     for item_id in index.ids:
         report.checked_items += 1
-        meta = index.get_metadata(item_id)
+        record = gallery.item(item_id)
         vectors = index.get_vectors(item_id)
         if tuple(vectors.shape) != expected:
             report.problems.append(f"{item_id}: vectors of shape {tuple(vectors.shape)}, expected {expected}")
@@ -167,15 +165,15 @@ def _check_items(gallery: Gallery, report: VerifyReport) -> None:
             report.problems.append(f"{item_id}: vectors are not finite unit vectors (norms {norms.min():.3f}"
                                    f"..{norms.max():.3f})")
         for key in ("kind", "source", "sha256", "thumbnail"):
-            if not meta.get(key):
+            if not getattr(record, key):
                 report.problems.append(f"{item_id}: metadata lacks {key!r}")
-        thumb = meta.get("thumbnail")
+        thumb = record.thumbnail
         if thumb:
             referenced.add(Path(thumb).name)
             if not (gallery.dir / thumb).is_file():
                 report.problems.append(f"{item_id}: thumbnail {thumb} missing")
         if gallery.source(item_id) is None:
-            report.warnings.append(f"{item_id}: source file {meta.get('path')} not found (moved?)")
+            report.warnings.append(f"{item_id}: source file {record.path} not found (moved?)")
     thumbs_dir = gallery.dir / THUMBS_DIR
     if thumbs_dir.is_dir():
         orphans = sorted(p.name for p in thumbs_dir.iterdir() if p.name not in referenced)
@@ -200,12 +198,8 @@ def _check_model(
         except ModelLoadError as err:
             report.problems.append(f"model {encoder!r} cannot be loaded: {err}")
             return None
-    got, want = encoder.fingerprint(), gallery.fingerprint
     report.model_checked = True
-    if got != want:
-        report.problems.append(f"model {encoder.name!r} has fingerprint {got}; the gallery was built with {want}")
-    if (encoder.dim, encoder.num_candidate_tokens) != (gallery.manifest["dim"], gallery.manifest["r_c"]):
-        report.problems.append("model dimensions differ from the gallery's")
+    report.problems.extend(f"the gallery {problem}" for problem in gallery.model_problems(encoder))
     return encoder
 
 
@@ -214,22 +208,13 @@ def _check_reencode(gallery: Gallery, encoder: MetaEmbedEncoder, n: int, report:
     picks = ids[:: max(1, len(ids) // n)][:n]
     items, kept = [], []
     for item_id in picks:
-        meta, source = gallery.index.get_metadata(item_id), gallery.source(item_id)
-        if source is None:
+        if gallery.source(item_id) is None:
             continue  # already a warning
-        is_page = meta.get("kind") == "pdf-page"
         try:
-            if is_page:
-                page = next(iter_pages(source, [int(meta["page"])], int(gallery.manifest["params"]["dpi"])))
-                if isinstance(page, tuple):
-                    raise page[1]
-                image, text = page.image, meta.get("text")
-            else:
-                image, text = load_image(source), meta.get("caption")
+            items.append(gallery.encoded_item(item_id))
         except InputSkipped as err:
-            report.problems.append(f"{item_id}: source {meta.get('path')} no longer decodes: {err}")
+            report.problems.append(f"{item_id}: source {gallery.item(item_id).path} no longer decodes: {err}")
             continue
-        items.append(candidate_item(is_page, image, text, item_id))
         kept.append(item_id)
     if not items:
         return
@@ -241,5 +226,3 @@ def _check_reencode(gallery: Gallery, encoder: MetaEmbedEncoder, n: int, report:
             report.problems.append(f"{item_id}: re-encoded vectors differ from the stored ones "
                                    f"(min cosine {float(cosine.min()):.3f} < {REENCODE_MIN_COSINE})")
     report.reencoded = len(kept)
-
-

@@ -8,11 +8,9 @@ With D = 3584 (Qwen2.5-VL 7B), bf16 and N = 100,000 these reproduce the paper's 
 from __future__ import annotations
 
 from metaembed.budget import Budget
+from metaembed.io import dtype_from_name
 
 GIB = 1 << 30
-
-#: Bytes per stored element for the dtypes an index may use.
-BYTES_PER_ELEMENT = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 
 #: Embedding widths users compare: ours and the paper's Qwen2.5-VL backbones (no projection, D = hidden).
 MODEL_DIMS = {"MetaEmbed-Mini": 384, "Qwen2.5-VL 3B": 2048, "Qwen2.5-VL 7B": 3584, "Qwen2.5-VL 32B": 5120}
@@ -29,11 +27,8 @@ def index_bytes(n_candidates: int, r_c: int, dim: int, bytes_per_element: int) -
 
 
 def element_size(dtype: str) -> int:
-    """Bytes per element for a dtype name such as ``"bf16"`` or ``"float32"``."""
-    try:
-        return BYTES_PER_ELEMENT[dtype.removeprefix("torch.")]
-    except KeyError as err:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(sorted(BYTES_PER_ELEMENT))}") from err
+    """Bytes per element for a storage dtype name such as ``"bf16"`` or ``"float32"`` (ValueError otherwise)."""
+    return dtype_from_name(dtype).itemsize
 
 
 def fits_in_memory(n_bytes: int, memory_gib: float, headroom: float = 0.9) -> bool:

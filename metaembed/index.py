@@ -17,6 +17,7 @@ import torch
 
 from metaembed import store
 from metaembed.budget import Budget
+from metaembed.io import DTYPES, dtype_name
 from metaembed.scoring import maxsim, topk
 from metaembed.store import IndexLoadError
 
@@ -24,14 +25,6 @@ if TYPE_CHECKING:  # faiss is imported only when a first stage is first used
     from metaembed.first_stage import TokenZeroIndex
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"`` (the name stored in manifests)."""
-    return str(dtype).removeprefix("torch.")
-
 
 @dataclass
 class SearchResult:
@@ -60,8 +53,8 @@ class MultiVectorIndex:
         model_name: str | None = None,
         model_fingerprint: str | None = None,
     ) -> None:
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"unsupported storage dtype {dtype}; use one of {', '.join(_DTYPES)}")
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported storage dtype {dtype}; use one of {', '.join(DTYPES)}")
         self.dim, self.num_vectors, self.dtype = dim, num_vectors, dtype
         self.model_name, self.model_fingerprint = model_name, model_fingerprint
         self._store = torch.empty(num_vectors, 0, dim, dtype=dtype)
@@ -233,8 +226,8 @@ class MultiVectorIndex:
         )
 
     # -------------------------------------------------------------- persistence
-    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write the index atomically (see :mod:`metaembed.store`); ``extra`` is kept in the manifest."""
+    def save(self, directory: str | Path) -> None:
+        """Write the index atomically (see :mod:`metaembed.store`)."""
         manifest = {
             "dim": self.dim,
             "num_vectors": self.num_vectors,
@@ -243,7 +236,6 @@ class MultiVectorIndex:
             "model": {"name": self.model_name, "fingerprint": self.model_fingerprint},
             "ids": self._ids,
             "metadata": self._metadata,
-            "extra": extra or {},
         }
         store.write_index(directory, self.vectors, manifest)
 
@@ -252,7 +244,7 @@ class MultiVectorIndex:
         """Load an index written by :meth:`save`; any inconsistency raises :class:`IndexLoadError`."""
         vectors, manifest = store.read_index(directory, verify=verify)
         try:
-            dtype = _DTYPES[manifest["dtype"]]
+            dtype = DTYPES[manifest["dtype"]]
             shape = (int(manifest["num_vectors"]), int(manifest["count"]), int(manifest["dim"]))
             ids, metadata = list(manifest["ids"]), list(manifest["metadata"])
             model = manifest.get("model") or {}
@@ -271,9 +263,4 @@ class MultiVectorIndex:
         return index
 
 
-def read_extra(directory: str | Path) -> dict[str, Any]:
-    """The ``extra`` section of a saved index's manifest, without loading its vectors."""
-    return dict(store.read_manifest(directory).get("extra") or {})
-
-
-__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult", "dtype_name", "read_extra"]
+__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult"]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from metaembed.io import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +39,6 @@ class IndexLoadError(RuntimeError):
     """An index directory that is missing, truncated, corrupt, or from another format version."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """JSON counterpart of :func:`atomic_write_bytes` (sorted keys: same content, same bytes)."""
-    atomic_write_bytes(path, json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1).encode())
-
-
 def write_index(directory: str | Path, vectors: torch.Tensor, manifest: dict[str, Any]) -> None:
     """Persist token-major ``vectors`` and ``manifest`` (ids, metadata, shapes...) under ``directory``."""
     directory = Path(directory)
@@ -66,10 +46,10 @@ def write_index(directory: str | Path, vectors: torch.Tensor, manifest: dict[str
     digest = hashlib.sha256(data).hexdigest()
     vectors_file = f"vectors-{digest[:12]}.safetensors"
     if not (directory / vectors_file).is_file():
-        atomic_write_bytes(directory / vectors_file, data)
+        atomic_write(directory / vectors_file, data)
     full = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "vectors_file": vectors_file, "vectors_sha256": digest}
-    atomic_write_json(directory / MANIFEST, full)
+    atomic_write_json(directory / MANIFEST, full, indent=1, sort_keys=True)
     for stale in directory.glob("vectors-*.safetensors"):
         if stale.name != vectors_file:
             stale.unlink(missing_ok=True)

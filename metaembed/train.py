@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from metaembed.datasets.training import SOURCES
 from metaembed.training.config import ConfigError, load_config
 from metaembed.training.trainer import Trainer
 
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.steps = args.steps
     if args.output:
         cfg.output_dir = args.output
-    Trainer(cfg, device=args.device).train(resume=args.resume)
+    Trainer(cfg, SOURCES, device=args.device).train(resume=args.resume)
     print(cfg.output_dir)
     return 0
 

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import index_builder  # noqa: E402
-from index_builder.storage import write_bytes_atomic  # noqa: E402
 from metaembed.datasets import openclipart  # noqa: E402
+from metaembed.io import atomic_write  # noqa: E402
 
 logger = logging.getLogger("build_demo_gallery")
 
@@ -143,7 +143,7 @@ def write_picture_book(path: Path, title: str, clips: list[openclipart.Clip]) ->
         page.gen_content()
     buf = io.BytesIO()
     pdf.save(buf)
-    write_bytes_atomic(path, reproducible(buf.getvalue()))
+    atomic_write(path, reproducible(buf.getvalue()))
 
 
 def reproducible(data: bytes) -> bytes:
@@ -162,7 +162,7 @@ def write_files(out: Path, clips: list[openclipart.Clip]) -> list[dict[str, str]
         buf = io.BytesIO()
         image.quantize(256, method=2).save(buf, format="PNG", optimize=True)  # 2 = FASTOCTREE
         target = out / "images" / clip.rel
-        write_bytes_atomic(target, buf.getvalue())
+        atomic_write(target, buf.getvalue())
         rows.append({"file": target.relative_to(out).as_posix(), "origin": f"{openclipart.PNG_ROOT}/{clip.rel}",
                      "package": openclipart.PNG_PACKAGE, "licence": "public domain (Open Clip Art)",
                      "title": clip.title, "keywords": ", ".join(clip.keywords)})
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.out / stale, ignore_errors=True)
         clips = pick_clips(args.clips)
         rows = write_files(args.out, clips)
-        write_bytes_atomic(args.out / "sources.jsonl",
+        atomic_write(args.out / "sources.jsonl",
                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
         logger.info("wrote %d clips, %d picture books and the ReportLab guide to %s", len(clips), len(BOOKS), args.out)
     if args.files_only:

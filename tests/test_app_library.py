@@ -1,4 +1,4 @@
-"""The explorer library (metaembed.explorer) without a server: fast checks with the toy encoder and a real
+"""The explorer library (explorer) without a server: fast checks with the toy encoder and a real
 index_builder gallery."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import pytest
 from app_fixtures import PDF_PAGES, SHAPES, draw, write_inputs
 from toy_encoder import ToyEncoder
 
+from explorer import scale, tradeoff
+from explorer.config import ExplorerConfig, UploadCaps
+from explorer.errors import ExplorerError
+from explorer.gallery import resolve_gallery_dir
+from explorer.service import Explorer
 from index_builder import build
 from metaembed.budget import Budget
-from metaembed.explorer import scale, tradeoff
-from metaembed.explorer.config import ExplorerConfig, UploadCaps
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.gallery import resolve_gallery_dir
-from metaembed.explorer.service import Explorer
+from metaembed.datasets.build import build as build_eval_sets
 from metaembed.models import ALIASES
 from metaembed.scoring import maxsim_pairs
 
@@ -46,9 +47,8 @@ def explorer(toy_gallery, tmp_path):
     root, encoder = toy_gallery
     config = ExplorerConfig(model="toy", gallery=root / "gallery", eval_set=None, session_root=tmp_path / "sessions",
                             caps=UploadCaps(max_files=3, max_pages=4, max_bytes=2**20))
-    ex = Explorer(config)
-    ex.models.register("toy", encoder)
-    return ex
+    return Explorer(config, load_model={"toy": encoder, "other": ToyEncoder(seed=1)}.__getitem__,
+                    build_eval_sets=build_eval_sets)
 
 
 def test_budget_and_k_changes_reuse_the_cached_query(explorer):
@@ -70,7 +70,7 @@ def test_scores_match_the_scorer_and_token_view(explorer):
     view = explorer.search("s", PDF_PAGES[1], None, None, 4, 8, 6)
     session = explorer.session("s")
     gallery = explorer.demo.get()
-    query = session.cached_query(session.last["model_fp"], session.last["query_key"])
+    query = session.cached_query(session.last.model_fp, session.last.query_key)
     top = view.outcome.hits[0]
     expected = maxsim_pairs(query[None], gallery.index.get_vectors(top.id)[None], Budget(4, 8))[0, 0]
     assert top.score == pytest.approx(float(expected), abs=2e-2)  # bf16 storage
@@ -98,7 +98,6 @@ def test_user_errors_are_explorer_errors(explorer, tmp_path):
 
 
 def test_mismatched_model_is_refused_plainly(explorer):
-    explorer.models.register("other", ToyEncoder(seed=1))
     message = explorer.select_model("m", "other")
     assert "⚠" in message and "built with another model" in message
     with pytest.raises(ExplorerError, match="built with another model"):
@@ -155,6 +154,20 @@ def test_pairs_file_errors_name_the_line(tmp_path):
         tradeoff.read_pairs(bad_json)
 
 
+def test_gallery_sweep_counts_the_first_stage_bytes(explorer, tmp_path):
+    """The pairs-file sweep runs the harness's BEIR loop: a two-stage row reads the k' shortlisted candidates at
+    r_c plus the whole token-0 table the first stage scans (it used to leave the latter out)."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,relevant_item\n" + "".join(f"{t},notes.pdf#{i + 1}\n" for i, t in enumerate(PDF_PAGES)))
+    gallery = explorer.demo.get()
+    n, dim = len(gallery.index), gallery.index.dim
+    _, header, rows, _ = explorer.sweep("p", "upload", pairs, "1x1,4x8", two_stage=True, k_prime=3)
+    read = {row[0]: row[header.index("bytes read/query")] for row in rows}
+    assert read == {"(1,1)": 3 * 1 * dim * 2 + n * dim * 4, "(4,8)": 3 * 8 * dim * 2 + n * dim * 4}
+    _, header, rows, _ = explorer.sweep("p", "upload", pairs, "4x8")
+    assert rows[0][header.index("bytes read/query")] == n * 8 * dim * 2  # exhaustive: no first stage
+
+
 def _beir_zip(path, members):
     with zipfile.ZipFile(path, "w") as archive:
         for name, text in members.items():
@@ -182,7 +195,7 @@ def test_sweep_beir_zip_and_unsafe_zip(explorer, tmp_path):
 
 
 def test_default_query_instruction_follows_the_gallery_task(explorer, tmp_path):
-    from metaembed.datasets.instructions import TEXT_TO_IMAGE
+    from metaembed.models.instructions import TEXT_TO_IMAGE
 
     text = explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures
     assert text["instruction"] == TEXT_TO_IMAGE.query  # the fixture gallery is mostly images
@@ -219,18 +232,32 @@ def test_committed_model_answers_the_committed_gallery(tmp_path):
 def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path):
     root, encoder = toy_gallery
     ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path,
-                                 allow_model_paths=False))
-    ex.models.register("toy", encoder)
+                                 allow_model_paths=False), load_model={"toy": encoder}.__getitem__)
     assert "Model:" in ex.select_model("s", "toy")
     with pytest.raises(ExplorerError, match="serves only the model 'toy'"):
         ex.select_model("s", str(tmp_path))
 
 
+def test_slider_bounds_come_from_the_model(toy_gallery, tmp_path):
+    """The app sizes r_q / r_c from the configured model's config before it loads, then from the loaded model."""
+    from app import default_bounds
+
+    root, encoder = toy_gallery
+    small = ToyEncoder(num_query_tokens=4, num_candidate_tokens=8)
+    small.save_pretrained(tmp_path / "small")
+    assert default_bounds(str(tmp_path / "small")) == (4, 8)
+    ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path / "sessions"),
+                  load_model={"toy": encoder, "small": small}.__getitem__)
+    assert ex.budget_bounds("s") == (16, 64)
+    ex.select_model("s", "small")
+    assert ex.budget_bounds("s") == (4, 8)
+
+
 @pytest.mark.slow
-def test_attention_hook_reads_the_real_mini_without_changing_it():
+def test_attention_overlay_reads_the_real_mini_without_changing_it():
     import torch
 
-    from metaembed.explorer.attention import candidate_attention, overlay
+    from explorer.attention import overlay
     from metaembed.models import Item
     from metaembed.models.mini import MiniMetaEmbed
 
@@ -238,13 +265,13 @@ def test_attention_hook_reads_the_real_mini_without_changing_it():
     model = MiniMetaEmbed(device="cpu").eval()
     image = draw((200, 40, 40), "circle")
     before = model.encode_candidates([Item(image=image, text="a red circle")])
-    maps = candidate_attention(model, image, "a red circle")
+    maps = model.candidate_attention(Item(image=image, text="a red circle"))
     after = model.encode_candidates([Item(image=image, text="a red circle")])
-    assert torch.equal(before, after) and "_layer" not in vars(model)  # the hook is gone
+    assert torch.equal(before, after) and "_layer" not in vars(model)  # nothing is patched
     grid = int(model.config["visual_grid"])
-    assert maps.maps.shape == (model.num_candidate_tokens, grid, grid)
-    total = maps.maps.sum(dim=(1, 2))
-    assert bool((maps.maps >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
+    assert maps.visual.shape == (model.num_candidate_tokens, grid, grid)
+    total = maps.visual.sum(dim=(1, 2))
+    assert bool((maps.visual >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
     picture = overlay(maps, [0, 1])
     assert picture.size == maps.canvas.size and picture.tobytes() != maps.canvas.tobytes()
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from metaembed.datasets import fmnist, manuals, tuxpaint
 from metaembed.datasets.build import BUILDERS, RDOCS_DPI, build
-from metaembed.datasets.instructions import IMAGE_TOKEN, TEXT_TO_PAGE
+from metaembed.models.instructions import IMAGE_TOKEN, TEXT_TO_PAGE
 
 
 def _files(root: Path) -> dict[str, bytes]:

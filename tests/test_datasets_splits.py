@@ -1,4 +1,4 @@
-"""The fixed splits of ../shared/docs/offline-assets.md, recomputed independently, and train/test disjointness."""
+"""The fixed splits (README, data section), recomputed independently, and train/test disjointness."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_add_remove_keeps_ids_vectors_metadata_aligned():
 def test_persist_round_trip(tmp_path, dtype):
     index, _ = make_index(n=30, dtype=dtype)
     index.remove(["item0"])
-    index.save(tmp_path / "idx", extra={"note": "x"})
+    index.save(tmp_path / "idx")
     loaded = MultiVectorIndex.load(tmp_path / "idx")
     assert loaded.ids == index.ids and loaded.dtype == dtype and loaded.model_fingerprint == "abc"
     assert torch.equal(loaded.vectors, index.vectors)

@@ -111,6 +111,49 @@ def test_meta_token_layout_is_causal(model: MiniMetaEmbed) -> None:
     assert (after[0, 5:] - before[0, 5:]).abs().max() > 1e-4
 
 
+def test_candidate_attention_is_the_last_layers_and_changes_nothing(model: MiniMetaEmbed, photos) -> None:
+    """The public attention API: shapes, rows summing to at most 1, spans that map onto the text, the encoder's
+    outputs unchanged, and the same weights as an independent recomputation from the last layer's input."""
+    item = Item(image=photos[1], text="A cat sleeping on a red mat", instruction="Represent the given image.")
+    before = model.encode_candidates([item])
+    attention = model.candidate_attention(item)
+    captured = []  # the last layer's input, taken with a forward hook while the encoder encodes normally
+    last = model.lm.encoder.layer[-1].attention.self
+    handle = last.query.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
+    try:
+        after = model.encode_candidates([item])
+    finally:
+        handle.remove()
+    assert torch.equal(before, after) and "_layer" not in vars(model)
+
+    r_c, grid = model.num_candidate_tokens, int(model.config["visual_grid"])
+    assert attention.visual.shape == (r_c, grid, grid) and attention.canvas.size == (model.image_size,) * 2
+    assert attention.text.shape == (r_c, len(attention.tokens)) and len(attention.spans) == len(attention.tokens)
+    total = attention.visual.sum(dim=(1, 2)) + attention.text.sum(dim=1)
+    assert bool((attention.visual >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
+    words = [item.text[start:end] for start, end in attention.spans]
+    assert [t.removeprefix("##") for t in attention.tokens] == [w.lower() for w in words]
+    assert " ".join(words) == item.text  # every word of the text, none of the instruction
+
+    x, q = captured[-1]
+    heads, length = model.num_heads, x.shape[1]
+    q = q.view(1, length, heads, -1).transpose(1, 2)
+    k = last.key(x).view(1, length, heads, -1).transpose(1, 2)
+    probs = ((q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5))[0, :, -r_c:]  # (heads, R_c, L): Meta Token rows
+    n_in = length - r_c
+    seen = torch.ones(r_c, length, dtype=torch.bool)  # Meta Token i sees every input and Meta Tokens 0..i
+    seen[:, n_in:] = torch.ones(r_c, r_c, dtype=torch.bool).tril()
+    probs = probs.masked_fill(~seen, float("-inf")).softmax(-1).mean(0)
+    n_text = len(attention.tokens)  # [CLS] visual instruction text [SEP]: the text ends just before [SEP]
+    torch.testing.assert_close(attention.visual.flatten(1), probs[:, 1:1 + grid * grid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(attention.text, probs[:, n_in - 1 - n_text:n_in - 1], atol=1e-5, rtol=0)
+
+    text_only = model.candidate_attention(Item(text="trousers and a coat"))
+    assert text_only.visual is None and text_only.canvas is None and text_only.text.shape[0] == r_c
+    picture_only = model.candidate_attention(Item(image=photos[0]))
+    assert picture_only.tokens == [] and picture_only.text.shape == (r_c, 0)
+
+
 def test_feature_cache_gives_identical_vectors(model: MiniMetaEmbed, photos) -> None:
     items = [Item(image=p, key=f"photo-{i}") for i, p in enumerate(photos)]
     plain = model.encode_candidates(items)
@@ -195,6 +238,7 @@ def test_shipped_checkpoint_loads_offline_by_default(monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 def test_training_smoke_with_the_shipped_config(tmp_path: Path) -> None:
     """A few real steps of configs/mini.yaml on a tiny subset of every source; the result loads back."""
+    from metaembed.datasets.training import SOURCES
     from metaembed.training.config import config_from_dict
     from metaembed.training.trainer import Trainer
 
@@ -206,7 +250,7 @@ def test_training_smoke_with_the_shipped_config(tmp_path: Path) -> None:
     raw.update(steps=2, batch_size=6, output_dir=str(tmp_path / "model"), log_file=str(tmp_path / "log.jsonl"),
                checkpoint_dir=None, checkpoint_every=0)
     raw["schedule"]["warmup_steps"] = 1
-    trainer = Trainer(config_from_dict(raw, "mini-smoke"), device="cpu")
+    trainer = Trainer(config_from_dict(raw, "mini-smoke"), SOURCES, device="cpu")
     before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
     trainer.train()
     logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -14,10 +14,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from metaembed.models import Item, ModelLoadError, load_encoder  # noqa: E402
+from metaembed.examples import TrainExample  # noqa: E402
+from metaembed.models import AttentionUnsupported, Item, ModelLoadError, load_encoder  # noqa: E402
 from metaembed.models.qwen import QwenMetaEmbed  # noqa: E402
 from metaembed.training.config import config_from_dict  # noqa: E402
-from metaembed.training.data import TrainExample  # noqa: E402
 from metaembed.training.loss import MMRLoss  # noqa: E402
 from metaembed.training.trainer import Trainer  # noqa: E402
 
@@ -169,6 +169,12 @@ def test_meta_token_positions_continue_after_the_input(model):
         expected = torch.arange(start, start + 80).expand(3, -1)
         assert torch.equal(pos[:, b, -80:], expected)
     assert int(pos[0, 1, -80]) == int(mask[1].sum())  # text-only: plain 0..L-1 positions, pads skipped
+
+
+def test_attention_is_not_exposed_and_says_so(model):
+    """The Qwen backend runs fused SDPA attention and does not implement the attention API: a plain error."""
+    with pytest.raises(AttentionUnsupported, match="qwen2_5_vl backend exposes no attention weights"):
+        model.candidate_attention(ITEMS[0])
 
 
 def test_batch_size_invariance(model, device):

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from metaembed.examples import TrainExample
 from metaembed.models import BACKENDS, Item, MetaEmbedEncoder
-from metaembed.training import data as data_mod
 from metaembed.training.config import ConfigError, config_from_dict, load_config
-from metaembed.training.data import MixtureSampler, TrainExample, build_sampler
+from metaembed.training.data import MixtureSampler, build_sampler
 from metaembed.training.trainer import Trainer
 
 
@@ -260,7 +260,7 @@ def test_cli_trains_from_yaml(tmp_path, monkeypatch, capsys):
     from metaembed.train import main
 
     monkeypatch.setitem(BACKENDS, "toy", f"{__name__}:ToyEncoder")
-    monkeypatch.setattr(data_mod, "default_registry", lambda: REGISTRY)
+    monkeypatch.setattr("metaembed.train.SOURCES", REGISTRY)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(make_cfg(tmp_path)))
     assert load_config(path).steps == 6

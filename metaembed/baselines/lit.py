@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from metaembed.io import atomic_write, atomic_write_json
 from metaembed.models import Item, ModelLoadError
 
 from .single_vector import SingleVectorEncoder
@@ -112,10 +113,7 @@ def cached_image_features(pairs: Sequence[Pair], cache_dir: Path, batch_size: in
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 class LitHeads(torch.nn.Module):
@@ -215,9 +213,7 @@ class LitEncoder(SingleVectorEncoder):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _save_atomic(dict(self.heads.state_dict()), directory / HEADS_FILE)
-        tmp = directory / "config.json.tmp"
-        tmp.write_text(json.dumps(self.config, indent=2))
-        tmp.replace(directory / "config.json")
+        atomic_write_json(directory / "config.json", self.config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> LitEncoder:

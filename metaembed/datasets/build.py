@@ -15,7 +15,7 @@ caption; ``corpus.jsonl`` rows list their ``members`` (picture keys in reading o
 Layouts: BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) or MMEB (``NAME.jsonl``
 rows ``qry_text, qry_img_path, tgt_text[], tgt_img_path[]``, gold first, paths relative to the file).
 Every set also gets ``info.json`` (task, instructions, counts). Same input files -> byte-identical
-output: sorted keys, fixed PNG settings, no timestamps. Each set is written to ``NAME.tmp`` and
+output: sorted keys, fixed PNG settings, no timestamps. Each set is written to a temporary folder and
 renamed into place, so a reader never sees half a set.
 """
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from metaembed.datasets import fmnist, manuals, openclipart, scenes, tuxpaint
-from metaembed.datasets._assets import png_bytes, write_bytes_atomic
-from metaembed.datasets.instructions import (
+from metaembed.datasets._assets import png_bytes
+from metaembed.io import atomic_directory, atomic_write_json
+from metaembed.models.instructions import (
     CLASSIFICATION,
     IMAGE_TO_TEXT,
     TEXT_TO_IMAGE,
@@ -289,7 +288,7 @@ BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
 def build(out: Path, only: Iterable[str] | None = None, limit: int | None = None) -> dict[str, dict[str, int]]:
     """Build the named eval sets (default all) under ``out``; returns counts per set.
 
-    Each set goes to ``out/NAME.tmp`` first and replaces ``out/NAME`` only when complete.
+    Each set goes to a temporary folder first and replaces ``out/NAME`` only when complete.
     """
     names = list(only) if only else list(BUILDERS)
     unknown = [n for n in names if n not in BUILDERS]
@@ -300,23 +299,10 @@ def build(out: Path, only: Iterable[str] | None = None, limit: int | None = None
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in names:
-        final, tmp = out / name, out / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with atomic_directory(out / name) as tmp:  # the previous set disappears only once the new one is complete
             results[name] = BUILDERS[name](_Writer(tmp), limit)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = out / f"{name}.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)  # two renames: the previous set disappears only once the new one is complete
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        logger.info("built %s: %s", final, results[name])
-    write_bytes_atomic(out / "counts.json", (json.dumps(_merged_counts(out, results), sort_keys=True, indent=1)
-                                            + "\n").encode())
+        logger.info("built %s: %s", out / name, results[name])
+    atomic_write_json(out / "counts.json", _merged_counts(out, results), indent=1, sort_keys=True)
     return results
 
 

@@ -1,8 +1,8 @@
 """Software manuals as document pages (R manuals, ReportLab user guide, Debian Reference), via pypdfium2.
 
-Split rule (../shared/docs/offline-assets.md, plus a dev split for issue 17): test manuals = R-FAQ,
-R-data, R-admin; dev = the Debian Reference (the ``docs-dev`` set for recipe choices, so it is held out
-of training); train = every other PDF listed in ``MANUALS``. Pages are streamed one at a time (a
+Split rule (README, data section; ``tests/test_datasets_splits.py`` recomputes it): test manuals =
+R-FAQ, R-data, R-admin; dev = the Debian Reference (the ``docs-dev`` set for recipe choices, so it is held
+out of training); train = every other PDF listed in ``MANUALS``. Pages are streamed one at a time (a
 manual can have 2,415 pages).
 
 Query-sentence rule (``query_sentences``), applied to a page's text layer:
@@ -34,7 +34,7 @@ from PIL import Image
 from metaembed.datasets._assets import require, stable_hash
 
 R_MANUALS = Path("/usr/share/R/doc/manual")
-#: file name -> (path, apt package); the order is the listing order of offline-assets.md.
+#: file name -> (path, apt package); the order fixes the listing order of the train manuals.
 MANUALS: dict[str, tuple[Path, str]] = {
     **{f"{name}.pdf": (R_MANUALS / f"{name}.pdf", "r-doc-pdf")
        for name in ("R-intro", "R-exts", "R-admin", "R-ints", "R-lang", "R-FAQ", "R-data", "refman")},

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from metaembed.datasets._assets import on_white, png_bytes, require, stable_hash, write_bytes_atomic
+from metaembed.datasets._assets import on_white, png_bytes, require, stable_hash
+from metaembed.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -191,5 +192,5 @@ def load_thumbnail(clip: Clip, max_side: int = 256, cache_dir: Path | None = Non
     stat = source.stat()
     cached = Path(cache_dir) / f"openclipart-{max_side}" / f"{clip.rel[:-4]}-{stat.st_size}-{stat.st_mtime_ns}.png"
     if not cached.is_file():
-        write_bytes_atomic(cached, png_bytes(load_image(clip, max_side)))
+        atomic_write(cached, png_bytes(load_image(clip, max_side)), durable=False)
     return Image.open(io.BytesIO(cached.read_bytes()))

@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from metaembed.datasets import fmnist, manuals, openclipart, scenes, tuxpaint
 from metaembed.datasets._assets import stable_hash
-from metaembed.datasets.instructions import (
+from metaembed.examples import TrainExample
+from metaembed.models.base import Item
+from metaembed.models.instructions import (
     CLASSIFICATION,
     IMAGE_TO_TEXT,
     TEXT_TO_IMAGE,
     TEXT_TO_PAGE,
 )
-from metaembed.models.base import Item
-from metaembed.training.data import TrainExample
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,8 +1,8 @@
 """Tux Paint stamps (Debian ``tuxpaint-stamps-default``): captioned cut-out photos, fixed train/test split.
 
-Split rule (../shared/docs/offline-assets.md): every ``*.png`` under the stamps folder with a sibling
-``.txt`` and no ``/alphabets/`` in its path; relative paths sorted; 0-based index even -> train,
-odd -> test. Caption = first line of the ``.txt``, stripped.
+Split rule (README, data section; ``tests/test_datasets_splits.py`` recomputes it): every ``*.png``
+under the stamps folder with a sibling ``.txt`` and no ``/alphabets/`` in its path; relative paths
+sorted; 0-based index even -> train, odd -> test. Caption = first line of the ``.txt``, stripped.
 """
 
 from __future__ import annotations

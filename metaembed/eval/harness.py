@@ -70,7 +70,7 @@ class EvalReport:
 
 
 @dataclass
-class _Encoded:
+class EncodedRecords:
     """Embeddings of unique records plus, per input record, the row holding its vectors."""
 
     vectors: torch.Tensor
@@ -79,7 +79,7 @@ class _Encoded:
 
 
 def encode_records(encoder: MetaEmbedEncoder, records: Sequence[Record], side: str, batch_size: int = 16,
-                   desc: str | None = None) -> _Encoded:
+                   desc: str | None = None) -> EncodedRecords:
     """Encode each distinct record once (same text + same image + same instruction = same input)."""
     unique: dict[tuple, int] = {}
     rows = [unique.setdefault(r.identity(), len(unique)) for r in records]
@@ -96,7 +96,7 @@ def encode_records(encoder: MetaEmbedEncoder, records: Sequence[Record], side: s
             chunks.append(encode(batch, batch_size=batch_size).float())
             bar.update(len(batch))
     elapsed_ms = (time.perf_counter() - start) * 1000
-    return _Encoded(vectors=torch.cat(chunks), rows=rows, ms_per_item=elapsed_ms / max(len(distinct), 1))
+    return EncodedRecords(vectors=torch.cat(chunks), rows=rows, ms_per_item=elapsed_ms / max(len(distinct), 1))
 
 
 def _check_budgets(encoder: MetaEmbedEncoder, budgets: Sequence[Budget]) -> list[Budget]:
@@ -125,7 +125,7 @@ def evaluate(encoder: MetaEmbedEncoder, data_path: str | Path | BeirSet | MmebSe
     return EvalReport(model=encoder.name, data=str(data.path), format=data.format, results=results, encoding=encoding)
 
 
-def _encoding_summary(queries: _Encoded, candidates: _Encoded) -> dict[str, Any]:
+def _encoding_summary(queries: EncodedRecords, candidates: EncodedRecords) -> dict[str, Any]:
     n_q, n_c = len(queries.vectors), len(candidates.vectors)
     total_ms = queries.ms_per_item * n_q + candidates.ms_per_item * n_c
     return {"queries": n_q, "candidates": n_c, "query_ms_per_item": queries.ms_per_item,
@@ -138,24 +138,41 @@ def _evaluate_beir(encoder: MetaEmbedEncoder, data: BeirSet, budgets: list[Budge
     queries = encode_records(encoder, data.queries, "query", batch_size, desc="encoding queries")
     index = MultiVectorIndex(dim=encoder.dim, num_vectors=encoder.num_candidate_tokens, model_name=encoder.name)
     index.add([c.id for c in data.corpus], corpus.vectors[corpus.rows])
-    depth = min(len(data.corpus), RUN_DEPTH, first_stage or RUN_DEPTH)
     encoding = _encoding_summary(queries, corpus)
+    vectors = [(record.id, queries.vectors[row]) for record, row in zip(data.queries, queries.rows, strict=True)]
+    return evaluate_index(index, vectors, data.qrels, budgets, first_stage, encoding["ms_per_item"]), encoding
+
+
+def evaluate_index(index: MultiVectorIndex, queries: Sequence[tuple[str, torch.Tensor]],
+                   qrels: dict[str, dict[str, int]], budgets: Sequence[Budget], first_stage: int | None = None,
+                   encode_ms_per_item: float = 0.0) -> list[BudgetResult]:
+    """Search ``index`` with every ``(query id, (R_q, D) vectors)`` at every budget and score the runs.
+
+    The one BEIR loop: the CLI and the trainer's eval (through :func:`evaluate`) and the explorer's
+    gallery sweep all report from it. Metrics by trec_eval against ``qrels``; scoring ms per query (first
+    stage included) and bytes read per query (the first stage's bytes included).
+    """
+    if not queries:
+        raise ValueError("no queries to evaluate")
+    r_q = int(queries[0][1].shape[0])
+    budgets = [b.validate(r_q, index.num_vectors) for b in budgets]
+    depth = min(len(index), RUN_DEPTH, first_stage or RUN_DEPTH)
     results = []
     for budget in budgets:
         run: dict[str, dict[str, float]] = {}
         ms, read = [], []
-        index.search(queries.vectors[0], budget, k=depth, first_stage=first_stage)  # warm-up, not timed
-        for record, row in zip(data.queries, queries.rows, strict=True):
-            hit = index.search(queries.vectors[row], budget, k=depth, first_stage=first_stage)
-            run[record.id] = {str(i): float(s) for i, s in zip(hit.ids, hit.scores, strict=True)}
+        index.search(queries[0][1], budget, k=depth, first_stage=first_stage)  # warm-up, not timed
+        for query_id, vectors in queries:
+            hit = index.search(vectors, budget, k=depth, first_stage=first_stage)
+            run[query_id] = {str(i): float(s) for i, s in zip(hit.ids, hit.scores, strict=True)}
             ms.append(float(hit.first_stage_ms or 0.0) + float(hit.maxsim_ms))
             read.append(int(hit.bytes_read) + int(hit.first_stage_bytes))
-        metrics = trec_evaluate(run, data.qrels, BEIR_K_VALUES)
+        metrics = trec_evaluate(run, qrels, BEIR_K_VALUES)
         results.append(BudgetResult(r_q=budget.r_q, r_c=budget.r_c, metrics=dict(metrics),
                                     scoring_ms_per_query=statistics.fmean(ms), bytes_read=round(statistics.fmean(read)),
-                                    encode_ms_per_item=encoding["ms_per_item"]))
+                                    encode_ms_per_item=encode_ms_per_item, label=f"{budget.r_q}x{budget.r_c}"))
         logger.info("%s: %s", budget, metrics)
-    return results, encoding
+    return results
 
 
 def _evaluate_mmeb(encoder: MetaEmbedEncoder, data: MmebSet, budgets: list[Budget],

@@ -15,8 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from metaembed.datasets.instructions import IMAGE_TOKEN
+from metaembed.io import JsonlError, read_jsonl
 from metaembed.models import Item
+from metaembed.models.instructions import IMAGE_TOKEN
 
 FORMATS = ("beir", "mmeb")
 #: Optional file beside a set naming the task instructions (``query_instruction``, ``candidate_instruction``).
@@ -113,17 +114,13 @@ def load_eval_set(path: str | Path, fmt: str | None = None, limit: int | None = 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise EvalDataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalDataError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
+    try:
+        for line_no, row in read_jsonl(path):
             if not isinstance(row, dict):
                 raise EvalDataError(f"{path}, line {line_no}: expected a JSON object")
             yield line_no, row
+    except JsonlError as err:
+        raise EvalDataError(str(err)) from err
 
 
 def _optional_str(row: dict[str, Any], key: str, where: str) -> str | None:

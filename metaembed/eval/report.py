@@ -5,13 +5,13 @@ Quality is shown in percent in the table (JSON keeps the raw fractions the metri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from metaembed.io import atomic_write, atomic_write_json
 
 from .harness import EvalReport
 
@@ -51,9 +51,8 @@ def format_table(report: EvalReport | dict[str, Any]) -> str:
 
 
 def write_json(report: EvalReport | dict[str, Any], path: str | Path) -> None:
-    """Write the report dict atomically (temp file in the same folder + os.replace)."""
-    data = report.to_dict() if isinstance(report, EvalReport) else report
-    _atomic_write(Path(path), json.dumps(data, indent=2).encode())
+    """Write the report dict atomically (:func:`metaembed.io.atomic_write_json`)."""
+    atomic_write_json(path, report.to_dict() if isinstance(report, EvalReport) else report)
 
 
 def publish(report: EvalReport | dict[str, Any], json_path: str | Path | None = None) -> None:
@@ -62,18 +61,6 @@ def publish(report: EvalReport | dict[str, Any], json_path: str | Path | None = 
     if json_path:
         write_json(report, json_path)
         logger.info("wrote %s", json_path)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_figure(report: EvalReport | dict[str, Any]):
@@ -120,12 +107,12 @@ def save_figure(report: EvalReport | dict[str, Any], prefix: str | Path) -> list
     prefix = Path(prefix)
     fig = build_figure(report)
     html = prefix.with_name(prefix.name + ".html")
-    _atomic_write(html, fig.to_html(include_plotlyjs=True, full_html=True).encode())
+    atomic_write(html, fig.to_html(include_plotlyjs=True, full_html=True).encode())
     written = [html]
     png = prefix.with_name(prefix.name + ".png")
     _ensure_browser()
     try:
-        _atomic_write(png, fig.to_image(format="png", scale=2))
+        atomic_write(png, fig.to_image(format="png", scale=2))
         written.append(png)
     except Exception as err:  # kaleido/Chrome failures come in many types; the HTML is still useful
         logger.warning("PNG export failed (%s); wrote %s only. Set %s to a Chrome/Chromium binary.",

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from metaembed.models.attention import AttentionUnsupported, TokenAttention
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -91,6 +93,14 @@ class MetaEmbedEncoder(torch.nn.Module, ABC):
     @abstractmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> MetaEmbedEncoder:
         """Load a directory written by :meth:`save_pretrained`; never unpickles anything."""
+
+    def candidate_attention(self, item: Item) -> TokenAttention:
+        """Where each candidate Meta Token attends when ``item`` is encoded as a candidate (explorer overlays).
+
+        Backends that can read their attention weights override this; the default says plainly that
+        this one cannot.
+        """
+        raise AttentionUnsupported(f"the {self.backend} backend exposes no attention weights")
 
     @property
     def name(self) -> str:

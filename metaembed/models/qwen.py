@@ -1,4 +1,4 @@
-"""MetaEmbed on Qwen2.5-VL, the paper's layout (docs: metaembed.md Sec. 2).
+"""MetaEmbed on Qwen2.5-VL, the paper's layout (Xiao et al., 2025, Sec. 2; README, "Encoders").
 
 ``[left padding | input tokens (image + text) | 16 query Meta Tokens | 64 candidate Meta Tokens]``:
 the Meta Tokens are one ``nn.Embedding(R_q + R_c, hidden)`` appended to every input, the attention

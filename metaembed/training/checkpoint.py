@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from metaembed.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +51,8 @@ def save_checkpoint(
     extra: dict[str, Any],
 ) -> Path:
     """Write ``directory/step-NNNNNNNN`` atomically; ``params`` maps names to the optimised parameters."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}-", dir=directory))
-    try:
+    final = Path(directory) / f"step-{step:08d}"
+    with atomic_directory(final) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp / WEIGHTS))
         index = {id(p): name for name, p in params.items()}
         opt_tensors = _rng_tensors()
@@ -77,12 +73,6 @@ def save_checkpoint(
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         state = {"format": 1, "step": step, "param_groups": groups, "scheduler": sched, **extra}
         (tmp / STATE).write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("checkpoint written: %s", final)
     return final
 

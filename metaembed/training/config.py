@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """``backend`` picks the encoder class; ``kwargs`` go to its ``from_config`` (see TRAINER_API)."""
+    """``backend`` picks the encoder class; ``kwargs`` go to its ``from_config`` (README, "Training")."""
 
     backend: str
     kwargs: dict[str, Any]

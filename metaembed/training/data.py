@@ -1,4 +1,4 @@
-"""Training examples and the deterministic weighted mixture of named data sources.
+"""The deterministic weighted mixture of named data sources (:class:`metaembed.examples.TrainExample` pools).
 
 The sampler is resumable from a tiny JSON state (step + per-source draw counts): the batch of step s
 depends only on (seed, s, counts), so an interrupted run continues on the same trajectory.
@@ -7,35 +7,16 @@ depends only on (seed, s, counts), so an interrupted run continues on the same t
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from metaembed.examples import Source, TrainExample
 from metaembed.models.base import Item
 
 #: Options the sampler consumes itself; everything else in a data entry goes to the source function.
 SAMPLER_OPTIONS = ("query_instruction", "candidate_instruction", "hard_negatives")
-
-
-@dataclass(eq=False)
-class TrainExample:
-    """One (query, positive, optional hard negative) triple from the data source named ``source``."""
-
-    query: Item
-    positive: Item
-    negative: Item | None
-    source: str
-
-
-Source = Callable[[dict], list[TrainExample]]
-
-
-def default_registry() -> Mapping[str, Source]:
-    """The project's data sources (Debian-packaged data), imported lazily because they are heavy."""
-    return importlib.import_module("metaembed.datasets.training").SOURCES
 
 
 def _with_instruction(item: Item, instruction: str | None) -> Item:
@@ -117,11 +98,8 @@ class MixtureSampler:
         self.counts = {n: int(state["counts"][n]) for n in self.names}
 
 
-def build_sampler(
-    entries: Sequence[Mapping[str, Any]], seed: int, registry: Mapping[str, Source] | None = None
-) -> MixtureSampler:
-    """Load every configured source (``{name, weight, options...}``) and mix them."""
-    registry = default_registry() if registry is None else registry
+def build_sampler(entries: Sequence[Mapping[str, Any]], seed: int, registry: Mapping[str, Source]) -> MixtureSampler:
+    """Load every configured source (``{name, weight, options...}``) from ``registry`` and mix them."""
     pools: dict[str, list[TrainExample]] = {}
     weights: dict[str, float] = {}
     for entry in entries:

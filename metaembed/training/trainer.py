@@ -1,17 +1,15 @@
 """The MMR training loop: sample a mixed batch, embed both sides, MMR loss, AdamW on trainable parts.
 
 Conventions shared with encoder backends (``from_config``, ``embed``, optional ``prepare``) are in
-the README section "Training" and /work/helpers/TRAINER_API.md.
+the README section "Training".
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,10 +18,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from metaembed.examples import Source, TrainExample
+from metaembed.io import atomic_write
 from metaembed.models import MetaEmbedEncoder, backend_class, pick_device
 from metaembed.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metaembed.training.config import ScheduleConfig, TrainConfig
-from metaembed.training.data import MixtureSampler, Source, TrainExample, build_sampler
+from metaembed.training.data import MixtureSampler, build_sampler
 from metaembed.training.loss import MMRLoss
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def lr_lambda(schedule: ScheduleConfig, total_steps: int) -> Callable[[int], flo
 
 
 def build_model(cfg: TrainConfig, device: torch.device, encoder_cls: type[MetaEmbedEncoder] | None = None):
-    """Seeded ``from_config`` of the configured backend (see TRAINER_API convention 1)."""
+    """Seeded ``from_config(model_cfg, device)`` of the configured backend (README, "Training")."""
     cls = encoder_cls or backend_class(cfg.model.backend)
     if not hasattr(cls, "from_config"):
         raise TypeError(f"backend {cfg.model.backend!r} ({cls.__name__}) has no from_config(model_cfg, device)")
@@ -55,12 +55,16 @@ def build_model(cfg: TrainConfig, device: torch.device, encoder_cls: type[MetaEm
 
 
 class Trainer:
-    """Owns model, loss, optimiser, scheduler, sampler, logs and checkpoints for one config."""
+    """Owns model, loss, optimiser, scheduler, sampler, logs and checkpoints for one config.
+
+    ``registry`` maps the data-source names a config may use to their functions (the CLI passes
+    :data:`metaembed.datasets.training.SOURCES`; tests pass their own): training never imports datasets.
+    """
 
     def __init__(
         self,
         cfg: TrainConfig,
-        registry: Mapping[str, Source] | None = None,
+        registry: Mapping[str, Source],
         encoder_cls: type[MetaEmbedEncoder] | None = None,
         device: str | torch.device | None = None,
     ) -> None:
@@ -149,9 +153,7 @@ class Trainer:
             return
         path = Path(self.cfg.log_file)
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        atomic_write(path, "".join(line + "\n" for line in kept).encode())
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.cfg.log_file:
@@ -162,7 +164,8 @@ class Trainer:
 
     def run_eval(self) -> dict[str, Any]:
         """Call the eval harness; its RNG use is isolated so eval never changes the training trajectory."""
-        evaluate = importlib.import_module("metaembed.eval.harness").evaluate
+        from metaembed.eval.harness import evaluate  # imported on first eval: it pulls in the index and kernels
+
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         self.model.eval()
         try:

@@ -1,6 +1,8 @@
-"""MMEB-style task instructions, shared by the eval-set builders and the training sources.
+"""The task instructions MetaEmbed encoders are trained with (MMEB style), per task and side.
 
-Training and evaluation must phrase a task the same way, so both import these strings. Query
+They belong to the model: whatever encodes an item for a task (the training sources, the eval-set
+builders, the gallery builder, the explorer's default query instruction) must phrase it exactly as
+training did, so all of them import these strings from here. Query
 instructions follow MMEB (MSCOCO_t2i / MSCOCO_i2t / ImageNet-1K) and MMEB-V2's visual-document tasks;
 ``None`` means the side is encoded without an instruction (MMEB's plain text targets).
 """

@@ -1,17 +1,16 @@
 """Budget sweeps for the Trade-off tab: quality vs scoring latency vs bytes read, Pareto front.
 
-Three sources, one row format (:class:`metaembed.eval.harness.BudgetResult`):
+Three sources, one row format (:class:`metaembed.eval.harness.BudgetResult`), one loop:
 - an eval set in BEIR layout (the bundled one, or a visitor's zip): the eval harness does it all;
 - a CSV / JSONL of ``query,relevant_item`` against the visitor's current gallery, whose items are
-  already encoded: only the queries are encoded, then the gallery index is searched at each budget.
+  already encoded: only the queries are encoded, then the harness's own BEIR loop
+  (:func:`metaembed.eval.harness.evaluate_index`) searches the gallery index at each budget.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import statistics
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,16 +18,15 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from explorer.errors import ExplorerError
+from index_builder import Gallery
 from metaembed.budget import Budget
-from metaembed.eval.harness import BEIR_K_VALUES, BudgetResult, EvalReport, evaluate
-from metaembed.eval.loaders import EvalDataError, load_eval_set
-from metaembed.explorer.errors import ExplorerError
-from metaembed.metrics import evaluate as trec_evaluate
-from metaembed.models import Item, MetaEmbedEncoder
+from metaembed.eval.harness import BudgetResult, EvalReport, encode_records, evaluate, evaluate_index
+from metaembed.eval.loaders import EvalDataError, Record, load_eval_set
+from metaembed.io import JsonlError, read_jsonl
+from metaembed.models import MetaEmbedEncoder
 
-MAIN_METRIC = "ndcg@5"
 MAX_PAIRS = 500
-RUN_DEPTH = 100
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -43,21 +41,17 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """``query,relevant_item`` rows from a CSV (with header) or JSONL file; errors name the line."""
-    text = path.read_text(encoding="utf-8", errors="strict")
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ExplorerError(f"{path.name}, line {line_no}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row.get("relevant_item"):
-                raise ExplorerError(f"{path.name}, line {line_no}: need string fields 'query' and 'relevant_item'")
-            pairs.append((row["query"], str(row["relevant_item"])))
+        try:
+            for line_no, row in read_jsonl(path):
+                if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row.get("relevant_item"):
+                    raise ExplorerError(f"{path.name}, line {line_no}: need string fields 'query' and 'relevant_item'")
+                pairs.append((row["query"], str(row["relevant_item"])))
+        except JsonlError as err:
+            raise ExplorerError(f"{path.name}, line {err.line}: not valid JSON ({err.msg})") from err
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8", errors="strict")))
         if not reader.fieldnames or not {"query", "relevant_item"} <= set(reader.fieldnames):
             raise ExplorerError(f"{path.name}, line 1: the header must name the columns query,relevant_item")
         for line_no, row in enumerate(reader, start=2):
@@ -71,28 +65,26 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _resolver(index: Any) -> dict[str, set[str]]:
+def _resolver(gallery: Gallery) -> dict[str, set[str]]:
     """Names a user may give for an item: its id, its source path or file name, ``file#page``."""
     names: dict[str, set[str]] = {}
-    for item_id in index.ids:
-        meta = index.get_metadata(item_id) or {}
+    for item_id in gallery.index.ids:
+        record = gallery.item(item_id)
         keys = {item_id}
-        source = meta.get("source")
-        if source:
-            for base in {str(source), Path(str(source)).name}:
+        if record.source:
+            for base in {record.source, Path(record.source).name}:
                 keys.add(base)
-                if meta.get("page"):
-                    keys |= {f"{base}#{meta['page']}", f"{base} p. {meta['page']}", f"{base}:{meta['page']}"}
+                if record.page:
+                    keys |= {f"{base}#{record.page}", f"{base} p. {record.page}", f"{base}:{record.page}"}
         for key in keys:
             names.setdefault(key, set()).add(item_id)
     return names
 
 
-def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Any, pairs_file: Path, budgets: Sequence[Budget],
+def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Gallery, pairs_file: Path, budgets: Sequence[Budget],
                   first_stage: int | None = None) -> EvalReport:
     """Sweep ``budgets`` on the current gallery with a visitor's ``query,relevant_item`` file."""
-    index = gallery.index
-    names = _resolver(index)
+    names = _resolver(gallery)
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     for line, (query, relevant) in enumerate(read_pairs(pairs_file), start=1):
@@ -102,21 +94,10 @@ def sweep_gallery(encoder: MetaEmbedEncoder, gallery: Any, pairs_file: Path, bud
                                 "gallery (use an item id, a file name, or file.pdf#page)")
         qid = queries.setdefault(query, f"q{len(queries)}")
         qrels.setdefault(qid, {}).update({i: 1 for i in matched})
-    texts = list(queries)
-    vectors = encoder.encode_queries([Item(text=t) for t in texts])
-    depth = min(len(index), RUN_DEPTH)
-    results = []
-    for budget in budgets:
-        run, ms, read = {}, [], []
-        for qid, vec in zip(queries.values(), vectors, strict=True):
-            hit = index.search(vec, budget, k=depth, first_stage=first_stage)
-            run[qid] = {str(i): float(s) for i, s in zip(hit.ids, hit.scores, strict=True)}
-            ms.append(float(hit.first_stage_ms or 0.0) + float(hit.maxsim_ms))
-            read.append(int(hit.bytes_read))
-        results.append(BudgetResult(r_q=budget.r_q, r_c=budget.r_c, metrics=dict(trec_evaluate(run, qrels,
-                                    BEIR_K_VALUES)), scoring_ms_per_query=statistics.fmean(ms),
-                                    bytes_read=round(statistics.fmean(read)), encode_ms_per_item=0.0,
-                                    label=f"{budget.r_q}x{budget.r_c}"))
+    records = [Record(id=qid, text=text) for text, qid in queries.items()]
+    encoded = encode_records(encoder, records, "query", desc="encoding queries")
+    vectors = [(r.id, encoded.vectors[row]) for r, row in zip(records, encoded.rows, strict=True)]
+    results = evaluate_index(gallery.index, vectors, qrels, budgets, first_stage, encoded.ms_per_item)
     return EvalReport(model=encoder.name, data=pairs_file.name, format="beir", results=results)
 
 
@@ -158,13 +139,9 @@ def sweep_eval_set(encoder: MetaEmbedEncoder, folder: Path, budgets: Sequence[Bu
     return evaluate(encoder, data, budgets, first_stage=first_stage)
 
 
-def main_metric(report: EvalReport) -> str:
-    return "precision@1" if report.format == "mmeb" else MAIN_METRIC
-
-
 def table_rows(report: EvalReport, cost: str = "bytes_read") -> tuple[list[str], list[list[Any]]]:
     """Header and rows for the UI table, with each budget's Pareto flag under (quality, ``cost``)."""
-    metric = main_metric(report)
+    metric = report.main_metric
     flags = pareto([(r.metrics[metric], _cost(r, cost)) for r in report.results])
     keys = sorted({k for r in report.results for k in r.metrics})
     header = ["budget", *keys, "scoring ms/query", "bytes read/query", "Pareto"]
@@ -181,7 +158,7 @@ def _cost(row: BudgetResult, cost: str) -> float:
 
 def tradeoff_figure(report: EvalReport, cost: str = "bytes_read") -> go.Figure:
     """Quality vs scoring latency; marker size = bytes read; Pareto budgets highlighted and joined."""
-    metric = main_metric(report)
+    metric = report.main_metric
     rows = report.results
     flags = pareto([(r.metrics[metric], _cost(r, cost)) for r in rows])
     biggest = max(float(r.bytes_read or 1) for r in rows)

@@ -1,5 +1,5 @@
 """The explorer's single entry point: one :class:`Explorer` per process, shared by all visitors,
-with per-visitor :class:`~metaembed.explorer.session.Session` state looked up by session id.
+with per-visitor :class:`~explorer.session.Session` state looked up by session id.
 
 Every public method takes the session id first and returns plain data (lists, dicts, PIL images,
 plotly figures); every user mistake raises :class:`ExplorerError` with a message to show as-is.
@@ -17,27 +17,19 @@ from typing import Any
 import plotly.graph_objects as go
 from PIL import Image
 
-from index_builder.errors import InputSkipped
-from index_builder.images import load_image
-from metaembed import fused_maxsim
-from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
-from metaembed.datasets import MissingDataError
-from metaembed.datasets.build import build as build_eval_sets
-from metaembed.explorer import attention, scale, tradeoff, uploads
-from metaembed.explorer.config import ExplorerConfig
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.gallery import (
+from explorer import attention, scale, tradeoff, uploads
+from explorer.config import ExplorerConfig
+from explorer.errors import ExplorerError
+from explorer.gallery import (
     DemoGallery,
     check_match,
     display_image,
-    encoded_image,
+    encoded_item,
     gallery_stats,
-    item_caption,
-    open_gallery,
     query_instruction,
 )
-from metaembed.explorer.models import ModelCache, fingerprint
-from metaembed.explorer.search import (
+from explorer.models import ModelCache, fingerprint, load_model
+from explorer.search import (
     Query,
     SearchOutcome,
     check_budget,
@@ -45,13 +37,19 @@ from metaembed.explorer.search import (
     figures_markdown,
     run_search,
 )
-from metaembed.explorer.session import Session, SessionStore
-from metaembed.explorer.tokens import heatmap_figure, token_view
-from metaembed.models import MetaEmbedEncoder
+from explorer.session import Session, SessionStore
+from explorer.tokens import heatmap_figure, token_view
+from index_builder import Gallery, InputSkipped
+from index_builder.images import load_image
+from metaembed import fused_maxsim
+from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
+from metaembed.models import AttentionUnsupported, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
 
 DEMO, OWN = "demo", "own"
+#: Builds named public eval sets under a folder: ``(out, names, limit)``, as ``metaembed.datasets.build.build``.
+EvalSetBuilder = Callable[[Path, list[str], int], Any]
 #: The eval set the Trade-off tab sweeps by default: caption -> photo on the Tux Paint test split.
 BUNDLED_SET = "tux-t2i"
 
@@ -70,13 +68,20 @@ class SearchView:
 class Explorer:
     """Shared model/gallery resources plus the per-session state of every visitor."""
 
-    def __init__(self, config: ExplorerConfig | None = None) -> None:
-        self.config = config or ExplorerConfig.from_env()
-        self.models = ModelCache(self.config.model, self.config.allow_model_paths)
+    def __init__(self, config: ExplorerConfig, load_model: Callable[[str], MetaEmbedEncoder] = load_model,
+                 build_eval_sets: EvalSetBuilder | None = None) -> None:
+        """``load_model`` turns a model name into an encoder (notebooks and tests serve in-memory ones);
+        ``build_eval_sets`` (``metaembed.datasets.build.build``, passed by app.py) builds the bundled
+        Trade-off set from Debian data when ``config.eval_set`` is unset: without it that set is unavailable."""
+        self.config = config
+        self.models = ModelCache(config.model, config.allow_model_paths, load_model)
+        self._build_eval_sets = build_eval_sets
         self.demo = DemoGallery(self.config.gallery)
         self.sessions = SessionStore(self.config.session_root, self.config.session_ttl_s)
-        # Encoders are shared; one forward at a time keeps 2-core Spaces responsive and makes the
-        # attention hook (which patches the encoder instance) safe.
+        # Encoders are shared by every session, and a forward is not thread-safe: MetaEmbed-Mini folds its
+        # LoRA weights into the base weights in place on first use and changes torch's process-wide thread
+        # count while it encodes one short text. So one forward (encode, gallery build, attention) at a time;
+        # on a 2-core Space that is also what keeps each one fast.
         self._encode_lock = threading.Lock()
         self._eval_cache: dict[tuple[str, str], Any] = {}
 
@@ -99,18 +104,23 @@ class Explorer:
     def _encoder(self, session: Session) -> MetaEmbedEncoder:
         return self.models.get(session.model_name)
 
-    def _gallery(self, session: Session) -> tuple[Any, str]:
+    def _gallery(self, session: Session) -> tuple[Gallery, str]:
         if session.gallery_choice == OWN:
             if session.own_gallery is None:
                 raise ExplorerError("your own gallery is empty: upload images or PDFs in the Gallery tab first")
             return session.own_gallery, "your"
         return self.demo.get(), "demo"
 
-    def _context(self, session: Session) -> tuple[MetaEmbedEncoder, Any]:
+    def _context(self, session: Session) -> tuple[MetaEmbedEncoder, Gallery]:
         encoder = self._encoder(session)
         gallery, label = self._gallery(session)
         check_match(gallery, encoder, label)
         return encoder, gallery
+
+    def budget_bounds(self, session_id: str) -> tuple[int, int]:
+        """(R_q, R_c) of this session's model: the largest r_q and r_c a budget may ask for."""
+        encoder = self._encoder(self.session(session_id))
+        return encoder.num_query_tokens, encoder.num_candidate_tokens
 
     # ------------------------------------------------------------------ model / gallery selection
     def select_model(self, session_id: str, name_or_path: str | None) -> str:
@@ -119,7 +129,7 @@ class Explorer:
         encoder = self.models.get(name_or_path)
         with session.lock:
             session.model_name = (name_or_path or "").strip() or None
-            session.previous = session.last = None
+            session.last = None
         message = (f"Model: {encoder.name} (backend {encoder.backend}, D={encoder.dim}, "
                    f"R_q={encoder.num_query_tokens}, R_c={encoder.num_candidate_tokens}, "
                    f"fingerprint {fingerprint(encoder)}).")
@@ -139,7 +149,7 @@ class Explorer:
             if choice == OWN and session.own_gallery is None:
                 raise ExplorerError("you have no gallery yet: upload images or PDFs first")
             session.gallery_choice = choice
-            session.previous = session.last = None
+            session.last = None
         return self.gallery_status(session_id)
 
     def gallery_status(self, session_id: str) -> dict[str, Any]:
@@ -160,18 +170,19 @@ class Explorer:
         picture = _open_query_image(image)
         with session.lock:
             encoder, gallery = self._context(session)
+            budget = check_budget(r_q, r_c, encoder, gallery.index)
             query = Query(text=text, image=picture, instruction=_instruction(instruction, gallery, text, picture))
             with self._encode_lock:
-                outcome = run_search(session, encoder, gallery, query, r_q, r_c, k, bool(two_stage), k_prime)
+                outcome = run_search(session, encoder, gallery, query, budget, k, bool(two_stage), k_prime)
         captions = {h.id: h.caption for h in outcome.hits}
-        captions.update({i: item_caption(gallery, i) for i in outcome.moved_out})
+        captions.update({i: gallery.item(i).title for i in outcome.moved_out})
         entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
                    for h in outcome.hits]
         results = []
         for h in outcome.hits:
-            meta = gallery.index.get_metadata(h.id) or {}
+            record = gallery.item(h.id)
             results.append({"rank": h.rank, "id": h.id, "score": h.score, "source": h.caption,
-                            "file": meta.get("source"), "page": meta.get("page"), "kind": meta.get("kind")})
+                            "file": record.source, "page": record.page, "kind": record.kind})
         return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
 
     def token_matches(self, session_id: str, rank: Any, query_token: Any = 0) -> tuple[go.Figure, Image.Image | None,
@@ -181,22 +192,22 @@ class Explorer:
         session = self.session(session_id)
         with session.lock:
             last = session.last
-            if not last:
+            if last is None:
                 raise ExplorerError("search first, then pick a result to see its token matches")
             try:
                 position = int(rank) - 1
             except (TypeError, ValueError) as err:
                 raise ExplorerError(f"rank must be a whole number, got {rank!r}") from err
-            if not 0 <= position < len(last["ids"]):
-                raise ExplorerError(f"rank must be between 1 and {len(last['ids'])}, got {rank}")
+            if not 0 <= position < len(last.ids):
+                raise ExplorerError(f"rank must be between 1 and {len(last.ids)}, got {rank}")
             encoder, gallery = self._context(session)
-            item_id = last["ids"][position]
-            vectors = session.cached_query(last["model_fp"], last["query_key"])
+            item_id = last.ids[position]
+            vectors = session.cached_query(last.model_fp, last.query_key)
             if vectors is None:
                 raise ExplorerError("the query is no longer cached: search again")
-            budget: Budget = last["budget"]
+            budget = last.budget
         view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
-        caption = item_caption(gallery, item_id)
+        caption = gallery.item(item_id).title
         fig = heatmap_figure(view, f"#{position + 1} {Path(caption).name}: score {view.score:.3f} at {budget}")
         try:
             q_tok = int(query_token or 0)
@@ -205,19 +216,19 @@ class Explorer:
         if not 0 <= q_tok <= budget.r_q:
             raise ExplorerError(f"query token must be 0 (all) or 1..{budget.r_q}, got {q_tok}")
         tokens = sorted(set(view.best)) if q_tok == 0 else [view.best[q_tok - 1]]
-        meta = gallery.index.get_metadata(item_id) or {}
         overlay_img, note = None, "Text-only candidate: no image to overlay."
-        picture = encoded_image(gallery, item_id)
-        if picture is not None:
-            if attention.supports_attention(encoder):
+        item = encoded_item(gallery, item_id)
+        if item is not None:
+            try:
                 with self._encode_lock:
-                    maps = attention.candidate_attention(encoder, picture, meta.get("caption") or meta.get("text"),
-                                                         meta.get("instruction"))
-                overlay_img = attention.overlay(maps, tokens)
-                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
-                        f"{maps.maps.shape[1]}x{maps.maps.shape[2]} visual tokens (last layer, heads averaged).")
+                    weights = encoder.candidate_attention(item)
+            except AttentionUnsupported as err:
+                note = f"{str(err)[:1].upper()}{str(err)[1:]}."
             else:
-                note = f"The {encoder.backend} backend exposes no attention weights."
+                overlay_img = attention.overlay(weights, tokens)
+                rows, cols = weights.visual.shape[1:]
+                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
+                        f"{rows}x{cols} visual tokens (last layer, heads averaged).")
         data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens}
         return fig, overlay_img, note, data
 
@@ -227,21 +238,15 @@ class Explorer:
         """Add files to this session's private gallery (build or extend) and switch to it."""
         session = self.session(session_id)
         with session.lock:
-            report = uploads.admit(session, list(files or []), self.config.caps)
-            if report.accepted:
+            report, admitted = uploads.admit(session, list(files or []), self.config.caps)
+            if admitted:
                 encoder = self._encoder(session)
                 with self._encode_lock:
-                    out_dir = uploads.build_session_gallery(session, encoder, report, progress)
-                session.own_gallery = open_gallery(out_dir)
+                    session.own_gallery = uploads.build_session_gallery(session, encoder, admitted, report, progress)
                 session.gallery_choice = OWN
-                session.previous = session.last = None
+                session.last = None
             if session.own_gallery is not None:
-                stats = gallery_stats(session.own_gallery)
-                report.total_items, report.pages = stats["items"], stats["pages"]
-                report.images, report.stored_bytes = stats["images"], stats["stored_bytes"]
-        report.summary = (f"{len(report.accepted)} file(s) accepted, {report.indexed} item(s) indexed, "
-                          f"{len(report.skipped)} skipped; your gallery holds {report.total_items} item(s) "
-                          f"({report.images} images, {report.pages} PDF pages, {report.stored_bytes:,} bytes).")
+                report.gallery = gallery_stats(session.own_gallery)
         return report.to_dict()
 
     # ------------------------------------------------------------------ trade-off
@@ -255,19 +260,20 @@ class Explorer:
         except BudgetError as err:
             raise ExplorerError(f"budgets: {err}") from err
         encoder = self._encoder(session)
-        for b in budgets:
-            check_budget(b.r_q, b.r_c, encoder, _Dims(encoder.num_candidate_tokens))
         first_stage = int(k_prime) if two_stage else None
         with session.lock, self._encode_lock:
-            if source == "bundled":
-                report = self._bundled_sweep(encoder, budgets, first_stage)
-            elif source == "upload":
-                report = self._upload_sweep(session, encoder, file, budgets, first_stage)
-            else:
-                raise ExplorerError(f"source must be 'bundled' or 'upload', got {source!r}")
+            try:  # the harness checks the budgets against the model and the index (once, before encoding)
+                if source == "bundled":
+                    report = self._bundled_sweep(encoder, budgets, first_stage)
+                elif source == "upload":
+                    report = self._upload_sweep(session, encoder, file, budgets, first_stage)
+                else:
+                    raise ExplorerError(f"source must be 'bundled' or 'upload', got {source!r}")
+            except BudgetError as err:
+                raise ExplorerError(f"budget out of range: {err}") from err
         header, rows = tradeoff.table_rows(report, cost)
         front = [r[0] for r in rows if r[-1]]
-        summary = (f"{report.data}: {len(report.results)} budgets, {tradeoff.main_metric(report)}; Pareto-optimal: "
+        summary = (f"{report.data}: {len(report.results)} budgets, {report.main_metric}; Pareto-optimal: "
                    f"{', '.join(front)}")
         return tradeoff.tradeoff_figure(report, cost), header, rows, summary
 
@@ -289,9 +295,12 @@ class Explorer:
         out = self.config.session_root / "eval-cache"
         target = out / BUNDLED_SET
         if not (target / "info.json").is_file():
+            if self._build_eval_sets is None:
+                raise ExplorerError("no bundled eval set in this deployment: upload a BEIR zip or a "
+                                    "query,relevant_item file instead (or set METAEMBED_EVAL_SET)")
             try:
-                build_eval_sets(out, [BUNDLED_SET], self.config.bundled_eval_limit)
-            except (MissingDataError, ValueError, OSError) as err:
+                self._build_eval_sets(out, [BUNDLED_SET], self.config.bundled_eval_limit)
+            except (ValueError, OSError) as err:  # a missing Debian package is a FileNotFoundError
                 raise ExplorerError(f"the bundled eval set cannot be built: {err}. Upload a BEIR zip or a "
                                     "query,relevant_item file instead (or set METAEMBED_EVAL_SET)") from err
         return target
@@ -327,13 +336,6 @@ class Explorer:
         except (KeyError, ValueError, TypeError, BudgetError) as err:
             raise ExplorerError(f"scale calculator: {err}") from err
         return rows, verdict
-
-
-@dataclass(frozen=True)
-class _Dims:
-    """Stands in for an index when only the candidate-token count bounds a budget (sweeps)."""
-
-    num_vectors: int
 
 
 def _instruction(given: str | None, gallery: Any, text: str | None, image: Image.Image | None) -> str | None:

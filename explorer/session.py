@@ -1,5 +1,5 @@
-"""Per-visitor state: which gallery and model a visitor uses, their cached query vectors and their
-previous ranking. Kept server-side and keyed by the Gradio session id so that nothing one visitor
+"""Per-visitor state: which gallery and model a visitor uses, their uploads, their cached query vectors
+and their last search. Kept server-side and keyed by the Gradio session id so that nothing one visitor
 does (uploads included) is visible to another, and so big tensors never travel to the browser."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from index_builder import Gallery, InputFile
 from metaembed.budget import Budget
 
 logger = logging.getLogger(__name__)
@@ -39,11 +40,13 @@ def query_key(text: str | None, image: Image.Image | None, instruction: str | No
     return digest.hexdigest()[:24]
 
 
-@dataclass
-class Ranking:
-    """One search's top-k, remembered to explain how the next budget changes it."""
+@dataclass(frozen=True)
+class LastSearch:
+    """A session's last search: the query (content key, model), the budget and the top-k ids. The token
+    view reads it, and the next search of the same query says how its budget moved the ranking."""
 
     query_key: str
+    model_fp: str
     budget: Budget
     ids: list[str]
 
@@ -55,15 +58,15 @@ class Session:
     id: str
     workdir: Path
     gallery_choice: str = "demo"
-    own_gallery: object | None = None  # metaembed.explorer.gallery.Gallery; typed loosely to avoid a cycle
+    own_gallery: Gallery | None = None
+    #: Files admitted into ``uploads_dir()`` by their display name ("uploads/a.png"): what the caps count.
+    uploads: dict[str, InputFile] = field(default_factory=dict)
     model_name: str | None = None
     encode_count: int = 0
-    previous: Ranking | None = None
-    last: dict | None = None  # last search: query key, budget, result ids (for the token view)
+    last: LastSearch | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _queries: OrderedDict[tuple[str, str], torch.Tensor] = field(default_factory=OrderedDict)
-    _images: OrderedDict[str, Image.Image] = field(default_factory=OrderedDict)
 
     def cached_query(self, model_fp: str, key: str) -> torch.Tensor | None:
         vectors = self._queries.get((model_fp, key))
@@ -71,16 +74,10 @@ class Session:
             self._queries.move_to_end((model_fp, key))
         return vectors
 
-    def store_query(self, model_fp: str, key: str, vectors: torch.Tensor, image: Image.Image | None) -> None:
+    def store_query(self, model_fp: str, key: str, vectors: torch.Tensor) -> None:
         self._queries[(model_fp, key)] = vectors
-        if image is not None:
-            self._images[key] = image
         while len(self._queries) > QUERY_CACHE_SIZE:
-            (_, old_key), _ = self._queries.popitem(last=False)
-            self._images.pop(old_key, None)
-
-    def query_image(self, key: str) -> Image.Image | None:
-        return self._images.get(key)
+            self._queries.popitem(last=False)
 
     def uploads_dir(self) -> Path:
         """This session's private folder (created on first use)."""
@@ -91,7 +88,7 @@ class Session:
     def close(self) -> None:
         """Forget everything and delete this session's files."""
         self._queries.clear()
-        self._images.clear()
+        self.uploads.clear()
         self.own_gallery = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

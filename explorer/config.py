@@ -3,12 +3,14 @@ the app at other models, galleries and upload caps without code changes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from metaembed.bundled import GALLERY_DIR
 
 #: name -> environment variable; documented in the README.
 ENV = {
@@ -59,7 +61,7 @@ class ExplorerConfig:
     """Where the model, demo gallery and eval set live, and the per-session limits."""
 
     model: str = "mini"
-    gallery: Path | None = REPO_ROOT / "assets" / "gallery"
+    gallery: Path | None = GALLERY_DIR
     #: An eval set (BEIR folder / MMEB .jsonl) for the Trade-off tab; None = build the bundled Tux Paint set.
     eval_set: Path | None = None
     session_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "metaembed-explorer")
@@ -74,8 +76,9 @@ class ExplorerConfig:
     allow_model_paths: bool = True
 
     @classmethod
-    def from_env(cls) -> ExplorerConfig:
-        """Defaults overridden by ``METAEMBED_*`` variables (see :data:`ENV`)."""
+    def from_env(cls, **overrides: Any) -> ExplorerConfig:
+        """Defaults overridden by ``METAEMBED_*`` variables (see :data:`ENV`), then by ``overrides`` (the
+        command line's flags; a None value is a flag not given)."""
         env = os.environ
         default = cls()
         caps = UploadCaps(
@@ -83,7 +86,7 @@ class ExplorerConfig:
             max_pages=_int_env(ENV["max_pages"], default.caps.max_pages),
             max_bytes=_int_env(ENV["max_mb"], default.caps.max_bytes // 2**20) * 2**20,
         )
-        return cls(
+        config = cls(
             model=env.get(ENV["model"]) or default.model,
             gallery=Path(env[ENV["gallery"]]) if env.get(ENV["gallery"]) else default.gallery,
             eval_set=Path(env[ENV["eval_set"]]) if env.get(ENV["eval_set"]) else default.eval_set,
@@ -94,3 +97,4 @@ class ExplorerConfig:
             bundled_eval_limit=_int_env(ENV["bundled_eval_limit"], default.bundled_eval_limit),
             allow_model_paths=env.get(ENV["allow_model_paths"], "1").strip().lower() not in ("0", "false", "no"),
         )
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -9,12 +9,13 @@ from typing import Any
 
 from PIL import Image
 
+from explorer.errors import ExplorerError
+from explorer.models import fingerprint
+from explorer.session import LastSearch, Session, query_key
+from index_builder import Gallery
 from metaembed.budget import Budget, BudgetError
 from metaembed.costs import scoring_flops
-from metaembed.explorer.errors import ExplorerError
-from metaembed.explorer.gallery import item_caption
-from metaembed.explorer.models import fingerprint
-from metaembed.explorer.session import Ranking, Session, query_key
+from metaembed.index import MultiVectorIndex
 from metaembed.models import Item, MetaEmbedEncoder
 
 MAX_K = 50
@@ -60,8 +61,12 @@ class SearchOutcome:
     compared_to: str | None = None  # budget of the previous ranking of the same query
 
 
-def check_budget(r_q: Any, r_c: Any, encoder: MetaEmbedEncoder, index: Any) -> Budget:
-    """A budget within what both the model (R_q) and the index (R_c) hold, or a message naming the bound."""
+def check_budget(r_q: Any, r_c: Any, encoder: MetaEmbedEncoder, index: MultiVectorIndex) -> Budget:
+    """A budget within what both the model (R_q) and the index (R_c) hold, or a message naming the bound.
+
+    The explorer's one budget check, where a search enters it (:meth:`explorer.service.Explorer.search`);
+    everything after it is handed a :class:`Budget`.
+    """
     try:
         r_q_i, r_c_i = int(r_q), int(r_c)
         if r_q_i != r_q or r_c_i != r_c:
@@ -93,18 +98,17 @@ def encode_query(session: Session, encoder: MetaEmbedEncoder, query: Query) -> t
     vectors = encoder.encode_queries([query.item()])[0]
     ms = (time.perf_counter() - start) * 1000
     session.encode_count += 1
-    session.store_query(fp, key, vectors, query.image)
+    session.store_query(fp, key, vectors)
     return vectors, ms, False
 
 
-def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Any, query: Query, r_q: Any, r_c: Any,
+def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery, query: Query, budget: Budget,
                k: Any = 10, two_stage: bool = False, k_prime: Any = 100) -> SearchOutcome:
     """Search ``gallery`` and report figures; re-uses cached query vectors when only budget/k change."""
     index = gallery.index
     n = len(index)
     if n == 0:
         raise ExplorerError("the gallery is empty: add images or PDFs in the Gallery tab")
-    budget = check_budget(r_q, r_c, encoder, index)
     k_eff = check_k(k, n)
     first_stage = check_k(k_prime, n, "k′", MAX_K_PRIME) if two_stage else None
     if first_stage is not None and first_stage < k_eff:
@@ -115,7 +119,7 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Any, query:
     result = index.search(vectors, budget, k=k_eff, first_stage=first_stage)
     search_ms = (time.perf_counter() - search_start) * 1000
     total_ms = (time.perf_counter() - start) * 1000
-    hits = [Hit(rank=i + 1, id=str(item_id), score=float(score), caption=item_caption(gallery, str(item_id)))
+    hits = [Hit(rank=i + 1, id=str(item_id), score=float(score), caption=gallery.item(str(item_id)).title)
             for i, (item_id, score) in enumerate(zip(result.ids, result.scores, strict=True))]
     two_stage_used = first_stage is not None and result.candidates_scored < n
     flops = scoring_flops(budget, result.candidates_scored or n, encoder.dim)
@@ -142,26 +146,24 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Any, query:
         "instruction": query.item().instruction,
     }
     outcome = SearchOutcome(hits=hits, figures=figures)
-    _diff(session, query.key(), budget, outcome)
-    session.last = {"query_key": query.key(), "budget": budget, "ids": [h.id for h in hits],
-                    "model_fp": fingerprint(encoder)}
+    _diff(session.last, query.key(), outcome)
+    session.last = LastSearch(query_key=query.key(), model_fp=fingerprint(encoder), budget=budget,
+                              ids=[h.id for h in hits])
     return outcome
 
 
-def _diff(session: Session, key: str, budget: Budget, outcome: SearchOutcome) -> None:
-    """Compare with the previous ranking of the same query, then remember this one."""
+def _diff(previous: LastSearch | None, key: str, outcome: SearchOutcome) -> None:
+    """Compare with the previous ranking of the same query (``previous``, the session's last search)."""
     ids = [h.id for h in outcome.hits]
-    prev = session.previous
-    if prev is not None and prev.query_key == key:
-        old_rank = {item_id: i for i, item_id in enumerate(prev.ids)}
-        outcome.compared_to = str(prev.budget)
+    if previous is not None and previous.query_key == key:
+        old_rank = {item_id: i for i, item_id in enumerate(previous.ids)}
+        outcome.compared_to = str(previous.budget)
         outcome.moved_in = [i for i in ids if i not in old_rank]
-        outcome.moved_out = [i for i in prev.ids if i not in set(ids)]
+        outcome.moved_out = [i for i in previous.ids if i not in set(ids)]
         outcome.rank_changes = {i: old_rank[i] - r for r, i in enumerate(ids) if i in old_rank}
     outcome.figures["moved_in"] = len(outcome.moved_in)
     outcome.figures["moved_out"] = len(outcome.moved_out)
     outcome.figures["compared_to"] = outcome.compared_to
-    session.previous = Ranking(query_key=key, budget=budget, ids=ids)
 
 
 def format_bytes(n: float) -> str:

@@ -1,0 +1,120 @@
+"""Galleries as the explorer sees them: the shared demo gallery or a visitor's own (each an open
+:class:`index_builder.Gallery`), what to display for an item, and the model check (an index only
+answers queries from the model that built it)."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from explorer.errors import ExplorerError
+from explorer.models import fingerprint
+from index_builder import Gallery, GalleryError, InputSkipped, info, load_gallery
+from index_builder.items import candidate_item
+from index_builder.storage import THUMB_SIDE
+from metaembed.models import Item, MetaEmbedEncoder
+from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
+
+logger = logging.getLogger(__name__)
+
+#: What the Gallery tab and ``/gallery_status`` report of a gallery (from :func:`index_builder.info`).
+STATUS_FIELDS = ("items", "images", "pages", "dim", "r_c", "stored_bytes", "model_name", "model_fingerprint")
+
+
+def resolve_gallery_dir(path: Path) -> Path:
+    """``path`` itself when it holds a manifest, else its sub-folder that does (``assets/gallery/<name>/``)."""
+    if (path / "manifest.json").is_file() or not path.is_dir():
+        return path
+    found = sorted(p.parent for p in path.glob("*/manifest.json"))
+    return found[0] if found else path
+
+
+def query_instruction(gallery: Gallery, has_text: bool, has_image: bool) -> str | None:
+    """The training-time query instruction for this gallery's task (candidates were encoded with theirs).
+
+    Text-only queries: "find the page" when most items are PDF pages, else "find the image"; image queries
+    have no trained instruction for image candidates, so none is added.
+    """
+    if not has_text or has_image:
+        return None
+    ids = gallery.index.ids
+    pages = sum(1 for i in ids if gallery.item(i).is_page)
+    return (TEXT_TO_PAGE if pages * 2 > len(ids) else TEXT_TO_IMAGE).query
+
+
+class DemoGallery:
+    """The bundled gallery, loaded once on first use and shared read-only by every session."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._gallery: Gallery | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Gallery:
+        with self._lock:
+            if self._gallery is None:
+                path = resolve_gallery_dir(Path(self.path)) if self.path is not None else None
+                if path is None or not (path / "manifest.json").is_file():
+                    raise ExplorerError(f"the demo gallery is not available at {self.path}; upload your own files "
+                                        "in the Gallery tab, or set METAEMBED_GALLERY to a gallery directory")
+                self._gallery = open_gallery(path)
+            return self._gallery
+
+
+def open_gallery(path: Path) -> Gallery:
+    """Load an index_builder gallery directory with a user-facing error."""
+    try:
+        return load_gallery(path)
+    except (GalleryError, OSError, ValueError) as err:
+        raise ExplorerError(f"cannot open gallery {path}: {err}") from err
+
+
+def gallery_stats(gallery: Gallery) -> dict[str, Any]:
+    """Counts and bytes of an open gallery (:func:`index_builder.info`, read from memory)."""
+    summary = info(gallery).to_dict()
+    return {key: summary[key] for key in STATUS_FIELDS}
+
+
+def check_match(gallery: Gallery, encoder: MetaEmbedEncoder, label: str) -> None:
+    """Refuse plainly when the gallery was built by another model: its vectors mean nothing to this one."""
+    try:
+        gallery.check_model(encoder, fingerprint(encoder), name=f"the {label} gallery")
+    except GalleryError as err:
+        raise ExplorerError(str(err)) from None
+
+
+def display_image(gallery: Gallery, item_id: str) -> Path | Image.Image:
+    """The thumbnail file (served as-is: nothing is re-encoded per search), or a text card when missing."""
+    path = gallery.thumbnail(item_id)
+    if path is not None:
+        return Path(path)
+    record = gallery.item(item_id)
+    return text_card(record.encoded_text or record.title)
+
+
+def encoded_item(gallery: Gallery, item_id: str) -> Item | None:
+    """The Item the builder encoded (re-decoded from its source), or, when the source has moved, the same
+    text with the thumbnail as its picture; None when there is no picture at all."""
+    try:
+        return gallery.encoded_item(item_id)
+    except InputSkipped as err:
+        logger.warning("cannot re-open the source of %s: %s", item_id, err)
+    thumb = gallery.thumbnail(item_id)
+    if thumb is None:
+        return None
+    record = gallery.item(item_id)
+    with Image.open(thumb) as img:
+        return candidate_item(record.is_page, img.convert("RGB"), record.encoded_text, item_id)
+
+
+def text_card(text: str, side: int = THUMB_SIDE) -> Image.Image:
+    """A plain image showing ``text``, so text-only items still appear in an image gallery."""
+    card = Image.new("RGB", (side, side), (248, 248, 244))
+    wrapped = "\n".join(textwrap.wrap(text, width=30)[:12])
+    ImageDraw.Draw(card).multiline_text((10, 10), wrapped, fill=(30, 30, 30))
+    return card
