@@ -11,9 +11,11 @@ from typing import Any
 import torch
 
 from index_builder.errors import GalleryError, InputSkipped
-from index_builder.gallery import MANIFEST, THUMBS_DIR, Gallery
+from index_builder.gallery import INDEX_DIR, MANIFEST, THUMBS_DIR, Gallery
 from metaembed.budget import TRAINED_GROUPS
 from metaembed.models import MetaEmbedEncoder, ModelLoadError, load_encoder
+from metaembed.store import MANIFEST as STORE_MANIFEST
+from metaembed.store import IndexLoadError, verify_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +143,23 @@ def verify(
     except GalleryError as err:
         report.problems.append(str(err))
         return report
+    _check_vectors_file(gallery, report)
     _check_items(gallery, report)
     model = _check_model(gallery, encoder, load_model, report)
     if model is not None and reencode > 0 and report.ok:
         _check_reencode(gallery, model, reencode, report)
     return report
+
+
+def _check_vectors_file(gallery: Gallery, report: VerifyReport) -> None:
+    """The whole vectors file against its SHA-256: opening a gallery maps the file and checks only its
+    header and size, so this is where a changed byte is found."""
+    index_dir = gallery.dir / INDEX_DIR
+    if (index_dir / STORE_MANIFEST).is_file():
+        try:
+            verify_vectors(index_dir)
+        except IndexLoadError as err:
+            report.problems.append(str(err))
 
 
 def _check_items(gallery: Gallery, report: VerifyReport) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,7 @@ class MultiVectorIndex:
         self._positions: dict[str, int] = {}
         self._metadata: list[dict[str, Any]] = []
         self._first_stage = None
+        self._mapped = False
 
     # ----------------------------------------------------------------- contents
     def __len__(self) -> int:
@@ -136,7 +137,7 @@ class MultiVectorIndex:
             return
         grown = torch.empty(self.num_vectors, max(needed, 2 * capacity, 16), self.dim, dtype=self.dtype)
         grown[:, : self._count] = self._store[:, : self._count]
-        self._store = grown
+        self._store, self._mapped = grown, False
 
     def remove(self, ids: Sequence[str]) -> int:
         """Delete items by id; unknown ids raise ``KeyError`` naming them, and nothing is removed."""
@@ -145,7 +146,7 @@ class MultiVectorIndex:
             raise KeyError(f"unknown ids: {', '.join(map(str, unknown[:5]))}")
         drop = {self._positions[i] for i in ids}
         keep = [p for p in range(self._count) if p not in drop]
-        self._store = self._store[:, keep].clone()
+        self._store, self._mapped = self._store[:, keep].clone(), False
         self._ids = [self._ids[p] for p in keep]
         self._metadata = [self._metadata[p] for p in keep]
         self._positions = {item_id: p for p, item_id in enumerate(self._ids)}
@@ -226,23 +227,27 @@ class MultiVectorIndex:
         )
 
     # -------------------------------------------------------------- persistence
+    @property
+    def is_mapped(self) -> bool:
+        """True while the vectors are the memory-mapped file they were opened from (no add/remove since)."""
+        return self._mapped
+
     def save(self, directory: str | Path) -> None:
-        """Write the index atomically (see :mod:`metaembed.store`)."""
-        manifest = {
-            "dim": self.dim,
-            "num_vectors": self.num_vectors,
-            "dtype": dtype_name(self.dtype),
-            "count": self._count,
-            "model": {"name": self.model_name, "fingerprint": self.model_fingerprint},
-            "ids": self._ids,
-            "metadata": self._metadata,
-        }
-        store.write_index(directory, self.vectors, manifest)
+        """Write the index atomically, streaming it slab by slab (see :mod:`metaembed.store`)."""
+        write_index(directory, (self.vectors[t] for t in range(self.num_vectors)), ids=self._ids,
+                    metadata=self._metadata, dim=self.dim, num_vectors=self.num_vectors, dtype=self.dtype,
+                    model_name=self.model_name, model_fingerprint=self.model_fingerprint)
 
     @classmethod
-    def load(cls, directory: str | Path, verify: bool = True) -> MultiVectorIndex:
-        """Load an index written by :meth:`save`; any inconsistency raises :class:`IndexLoadError`."""
-        vectors, manifest = store.read_index(directory, verify=verify)
+    def load(cls, directory: str | Path, verify: bool | None = None, mmap: bool = True) -> MultiVectorIndex:
+        """Open an index written by :meth:`save`; any inconsistency raises :class:`IndexLoadError`.
+
+        ``mmap`` (default) maps the vectors file instead of reading it, so opening costs the manifest, not
+        N * R_c * D; the first add or remove copies the vectors into RAM (copy-on-write: the mapped file
+        is never written) and the next save writes a new file. ``verify`` checks the whole file's SHA-256
+        (default: only when ``mmap=False``; :func:`metaembed.store.verify_vectors` checks it later).
+        """
+        vectors, manifest = store.open_vectors(directory, mmap_file=mmap, verify=verify)
         try:
             dtype = DTYPES[manifest["dtype"]]
             shape = (int(manifest["num_vectors"]), int(manifest["count"]), int(manifest["dim"]))
@@ -257,10 +262,31 @@ class MultiVectorIndex:
         if len(ids) != shape[1] or len(set(ids)) != len(ids) or len(metadata) != shape[1]:
             raise IndexLoadError(f"{directory}: ids/metadata do not match the {shape[1]} stored items")
         index = cls(shape[2], shape[0], dtype, model.get("name"), model.get("fingerprint"))
-        index._store, index._count = vectors, shape[1]
+        index._store, index._count, index._mapped = vectors, shape[1], mmap and shape[1] > 0
         index._ids, index._metadata = [str(i) for i in ids], metadata
         index._positions = {item_id: p for p, item_id in enumerate(index._ids)}
         return index
 
 
-__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult"]
+def write_index(directory: str | Path, slabs: Iterable[torch.Tensor], *, ids: Sequence[str],
+                metadata: Sequence[dict[str, Any]] | None, dim: int, num_vectors: int, dtype: torch.dtype,
+                model_name: str | None = None, model_fingerprint: str | None = None) -> None:
+    """Write an index directory from its ``(N, D)`` token slabs, one at a time, never all of them in RAM.
+
+    What :meth:`MultiVectorIndex.save` does with its own store; a producer of vectors that do not fit in
+    memory (a synthetic benchmark gallery, a resharding job) calls it with a generator of slabs.
+    """
+    ids = [str(i) for i in ids]
+    manifest = {
+        "dim": dim,
+        "num_vectors": num_vectors,
+        "dtype": dtype_name(dtype),
+        "count": len(ids),
+        "model": {"name": model_name, "fingerprint": model_fingerprint},
+        "ids": ids,
+        "metadata": list(metadata) if metadata is not None else [{} for _ in ids],
+    }
+    store.write_index(directory, slabs, manifest, shape=(num_vectors, len(ids), dim), dtype=dtype)
+
+
+__all__ = ["IndexLoadError", "MultiVectorIndex", "SearchResult", "write_index"]

@@ -7,7 +7,7 @@ from conftest import unit
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError
 from metaembed.index import IndexLoadError, MultiVectorIndex
 from metaembed.scoring import maxsim, topk
-from metaembed.store import MANIFEST
+from metaembed.store import MANIFEST, verify_vectors
 
 
 def make_index(n=50, r_c=64, dim=32, dtype=torch.float32, seed=0):
@@ -91,9 +91,19 @@ def test_corrupt_truncated_and_mismatched_files_are_refused(tmp_path):
 
     vectors_file.write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexLoadError, match="checksum"):
-        MultiVectorIndex.load(target)
+        MultiVectorIndex.load(target, mmap=False)  # read into RAM: the whole file's SHA-256 is checked
+    with pytest.raises(IndexLoadError, match="not a complete safetensors file.*truncated"):
+        MultiVectorIndex.load(target)  # mapped: the size against the header, at once
     with pytest.raises(IndexLoadError, match="safetensors"):
-        MultiVectorIndex.load(target, verify=False)
+        MultiVectorIndex.load(target, verify=False, mmap=False)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF  # same size, one vector byte changed: only the checksum can tell
+    vectors_file.write_bytes(bytes(flipped))
+    assert len(MultiVectorIndex.load(target)) == 10
+    with pytest.raises(IndexLoadError, match="checksum"):
+        MultiVectorIndex.load(target, verify=True)
+    with pytest.raises(IndexLoadError, match="checksum"):
+        verify_vectors(target)
 
     vectors_file.write_bytes(data)
     manifest = json.loads((target / MANIFEST).read_text())

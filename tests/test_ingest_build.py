@@ -149,9 +149,14 @@ def test_verify_detects_damage(tmp_path: Path, encoder: CountingEncoder) -> None
     next((tmp_path / "g" / "thumbs").iterdir()).unlink()
     assert any("thumbnail" in p for p in index_builder.verify(tmp_path / "g", encoder).problems)
     vectors = next((tmp_path / "g" / "index").glob("vectors-*.safetensors"))
-    vectors.write_bytes(vectors.read_bytes()[:-10])
+    data = vectors.read_bytes()
+    vectors.write_bytes(data[:-2] + bytes([data[-2] ^ 0x01]) + data[-1:])  # one bit: the mapped open cannot see it
+    assert len(index_builder.load_gallery(tmp_path / "g").index) == 1
     result = index_builder.verify(tmp_path / "g", encoder)
     assert not result.ok and "checksum" in result.problems[0]
+    vectors.write_bytes(data[:-10])
+    result = index_builder.verify(tmp_path / "g", encoder)
+    assert not result.ok and "truncated" in result.problems[0]
 
 
 def test_refuses_foreign_directory(tmp_path: Path, encoder: CountingEncoder) -> None:
