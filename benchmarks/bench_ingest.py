@@ -30,9 +30,9 @@ import torch  # noqa: E402
 import index_builder  # noqa: E402
 from index_builder.builder import DEFAULT_BATCH_SIZE  # noqa: E402
 from index_builder.discovery import Found, discover  # noqa: E402
-from index_builder.images import load_image  # noqa: E402
 from index_builder.items import candidate_item  # noqa: E402
 from index_builder.pdf import DEFAULT_DPI, iter_pages  # noqa: E402
+from metaembed.images import load_image  # noqa: E402
 from metaembed.models import Item, MetaEmbedEncoder, load_encoder  # noqa: E402
 
 GALLERY = REPO / "assets" / "gallery"

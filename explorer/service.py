@@ -39,10 +39,10 @@ from explorer.search import (
 )
 from explorer.session import Session, SessionStore
 from explorer.tokens import heatmap_figure, token_view
-from index_builder import Gallery, InputSkipped
-from index_builder.images import load_image
+from index_builder import Gallery
 from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
+from metaembed.images import ImageError, load_image
 from metaembed.models import AttentionUnsupported, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
@@ -354,7 +354,7 @@ def _open_query_image(image: str | Path | Image.Image | None) -> Image.Image | N
         return image.convert("RGB")
     try:
         return load_image(Path(image))
-    except InputSkipped as err:
+    except ImageError as err:
         raise ExplorerError(f"the query image cannot be used: {err}") from err
     except OSError as err:
         raise ExplorerError(f"the query image cannot be read: {err}") from err

@@ -22,12 +22,12 @@ from index_builder.captions import load_captions
 from index_builder.discovery import Found, InputFile, Rejected, discover, examine
 from index_builder.errors import GalleryError, InputSkipped
 from index_builder.gallery import THUMBS_DIR, Gallery, thumb_name
-from index_builder.images import DEFAULT_MAX_SIDE, load_image
 from index_builder.items import IMAGE, PDF_PAGE, GalleryItem, candidate_instruction, candidate_item
 from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, iter_pages
 from index_builder.prefetch import prefetch
 from index_builder.progress import Progress, ProgressTracker
 from index_builder.storage import save_thumbnail
+from metaembed.images import DEFAULT_MAX_SIDE, ImageError, load_image
 from metaembed.models import MetaEmbedEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def _decode(
         if todo[0].found.kind != "pdf":
             try:
                 yield todo[0], load_image(path, max_pixels, DEFAULT_MAX_SIDE), todo[0].caption
-            except InputSkipped as err:
+            except ImageError as err:
                 report.skip(todo[0].found.display, str(err))
                 tracker.drop()
             continue

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from index_builder.errors import GalleryError, InputSkipped
-from index_builder.images import load_image
 from index_builder.items import GalleryItem, candidate_item
 from index_builder.pdf import iter_pages
+from metaembed.images import ImageError, load_image
 from metaembed.index import MultiVectorIndex
 from metaembed.io import DTYPES, atomic_write_json, dtype_name
 from metaembed.models import Item, MetaEmbedEncoder
@@ -160,7 +160,10 @@ class Gallery:
                 raise page[1]
             image = page.image
         else:
-            image = load_image(source)
+            try:
+                image = load_image(source)
+            except ImageError as err:
+                raise InputSkipped(str(err)) from None
         return candidate_item(record.is_page, image, record.encoded_text, item_id)
 
     def commit(self) -> None:

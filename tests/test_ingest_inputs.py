@@ -11,8 +11,8 @@ from ingest_fixtures import bad_inputs, good_inputs, png_header_only, write_pdf
 from index_builder.captions import load_captions
 from index_builder.discovery import Found, Rejected, discover, sniff
 from index_builder.errors import GalleryError, InputSkipped
-from index_builder.images import load_image
 from index_builder.pdf import count_pages, iter_pages
+from metaembed.images import ImageError, load_image
 
 
 def test_discovery_sniffs_content_not_extension(tmp_path: Path) -> None:
@@ -68,16 +68,18 @@ def test_load_image_downscales_to_bound_memory(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key,reason", [
     ("truncated", "truncated"), ("corrupt", "corrupt"), ("bomb", "too large"),
 ])
-def test_bad_images_raise_input_skipped(tmp_path: Path, key: str, reason: str) -> None:
+def test_bad_images_raise_image_error(tmp_path: Path, key: str, reason: str) -> None:
     files = bad_inputs(tmp_path)
-    with pytest.raises(InputSkipped, match=reason):
+    with pytest.raises(ImageError, match=reason):
         load_image(files[key])
+    with pytest.raises(ImageError, match=reason):  # the same checks on bytes (a search request's image)
+        load_image(files[key].read_bytes())
 
 
 def test_pixel_limit_checked_from_header_before_decoding(tmp_path: Path) -> None:
     # 5000 x 5000 claims 25 Mpx; the data is a few bytes, so decoding would fail differently
     path = png_header_only(tmp_path / "claims.png", 5000, 5000)
-    with pytest.raises(InputSkipped, match="25,000,000 px exceeds the 16,000,000 px limit"):
+    with pytest.raises(ImageError, match="25,000,000 px exceeds the 16,000,000 px limit"):
         load_image(path, max_pixels=16_000_000)
 
 

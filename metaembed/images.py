@@ -1,5 +1,8 @@
 """Decode user images safely: size checked from the header before any pixel is decoded.
 
+Everything that takes a picture from a user decodes it here: the gallery builder (files), the explorer
+(query uploads) and the search server (base64 in a request body).
+
 Pillow only raises ``DecompressionBombError`` at twice ``Image.MAX_IMAGE_PIXELS``; we refuse at the
 limit itself, and bound memory further by downscaling everything to ``max_side`` (the encoder
 works at a few hundred pixels, so nothing is lost).
@@ -7,16 +10,19 @@ works at a few hundred pixels, so nothing is lost).
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from index_builder.errors import InputSkipped
-
 #: Longest side kept after decoding; bounds a batch's memory whatever the inputs are.
 DEFAULT_MAX_SIDE = 1024
+
+
+class ImageError(ValueError):
+    """A picture that cannot or must not be decoded; ``str(err)`` is the reason to show the user."""
 
 
 def default_max_pixels() -> int:
@@ -24,35 +30,38 @@ def default_max_pixels() -> int:
     return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
-def load_image(path: Path, max_pixels: int | None = None, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
-    """Return the first frame of ``path`` as RGB (transparency composited on white), at most ``max_side`` px.
+def load_image(source: Path | bytes, max_pixels: int | None = None, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
+    """Return the first frame of ``source`` (a file, or its bytes) as RGB (transparency composited on white),
+    at most ``max_side`` px.
 
-    Raises :class:`InputSkipped` with a reason for anything Pillow cannot or must not decode.
+    Raises :class:`ImageError` with a reason for anything Pillow cannot or must not decode.
     """
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
     limit = default_max_pixels() if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 width, height = im.size
                 if width * height > limit:
-                    raise InputSkipped(
+                    raise ImageError(
                         f"image too large: {width}x{height} = {width * height:,} px exceeds the {limit:,} px limit"
                     )
                 im.seek(0)  # GIF / WebP / TIFF: first frame
                 im.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced scale, saves memory
                 im.load()
                 return _to_rgb(ImageOps.exif_transpose(im), max_side)
-    except InputSkipped:
+    except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputSkipped(f"image too large (decompression bomb refused): {err}") from None
+        raise ImageError(f"image too large (decompression bomb refused): {err}") from None
     except Image.UnidentifiedImageError:
-        raise InputSkipped("not a decodable image (corrupt or mislabelled)") from None
+        raise ImageError("not a decodable image (corrupt or mislabelled)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:  # Pillow's decode failures
-        raise InputSkipped(f"corrupt or truncated image: {err}") from None
+        raise ImageError(f"corrupt or truncated image: {err}") from None
     except Exception as err:  # noqa: BLE001 -- crafted files reach odd corners of Pillow's plugins
-        raise InputSkipped(f"could not be decoded ({type(err).__name__}: {err})") from None
+        raise ImageError(f"could not be decoded ({type(err).__name__}: {err})") from None
 
 
 def _to_rgb(im: Image.Image, max_side: int) -> Image.Image:
