@@ -2,6 +2,9 @@
 
 Resumability comes from two facts: item ids are content hashes (+ page number), and the index on disk
 is only ever replaced atomically. A rerun plans against what is already committed and encodes the rest.
+The target is one gallery or a sharded one (:mod:`index_builder.sharded`: each item goes to the shard its
+id hashes to); decoding and encoding run here (a prefetch thread ahead of the encoder) or, with ``ray=``,
+on a Ray cluster (:mod:`index_builder.distributed`); planning, the report and the commits are the same.
 """
 
 from __future__ import annotations
@@ -16,18 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from index_builder.captions import load_captions
 from index_builder.discovery import Found, InputFile, Rejected, discover, examine
-from index_builder.errors import GalleryError, InputSkipped
+from index_builder.errors import GalleryError
 from index_builder.gallery import THUMBS_DIR, Gallery, thumb_name
-from index_builder.items import IMAGE, PDF_PAGE, GalleryItem, candidate_instruction, candidate_item
-from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, iter_pages
+from index_builder.items import IMAGE, PDF_PAGE, GalleryItem, candidate_instruction
+from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES
 from index_builder.prefetch import prefetch
 from index_builder.progress import Progress, ProgressTracker
+from index_builder.sharded import ShardedGallery
+from index_builder.stages import Decoded, Skipped, Unit, decode_file, encode_batch
 from index_builder.storage import save_thumbnail
-from metaembed.images import DEFAULT_MAX_SIDE, ImageError, load_image
+from metaembed import shards as shard_format
 from metaembed.models import MetaEmbedEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -38,25 +42,15 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_CHUNK_SIZE = 64
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One item to encode: an image file, or one page of a PDF."""
-
-    item_id: str
-    found: InputFile
-    page: int | None = None
-    caption: str | None = None
-
-
 @dataclass
 class BuildReport:
     """What one build/add run did; ``to_dict()`` (all but the open ``gallery``) is written to ``report.json``.
 
     ``gallery`` is the gallery as it is after the run, open and in memory: a caller searches it without
-    reading it back from disk.
+    reading it back from disk. ``shards`` gives each shard's item count after the run (sharded galleries).
     """
 
-    gallery: Gallery
+    gallery: Gallery | ShardedGallery
     indexed: int = 0
     resumed: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -67,6 +61,7 @@ class BuildReport:
     encode_seconds: float = 0.0
     items_per_s: float = 0.0
     interrupted: bool = False
+    shards: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -93,7 +88,7 @@ class BuildReport:
 
 def build(
     inputs: Sequence[str | Path | InputFile],
-    out_dir: str | Path | Gallery,
+    out_dir: str | Path | Gallery | ShardedGallery,
     encoder: MetaEmbedEncoder | str | Path | None = None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -105,93 +100,155 @@ def build(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     dtype: torch.dtype = torch.bfloat16,
     max_pixels: int | None = None,
+    shards: int | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
 ) -> BuildReport:
     """Index ``inputs`` into the gallery at ``out_dir``, creating it or resuming an interrupted build.
 
     ``inputs`` are files and folders to discover, or :class:`InputFile` records a caller has already
     examined (the app's upload admission). ``out_dir`` may be a gallery that is already open, which is
     then extended in place. The returned report holds the open gallery (``report.gallery``).
+    ``shards=K`` builds (or resumes) a sharded gallery; ``ray`` (``"local"``, ``"local:W"`` or a cluster
+    address) decodes and encodes on Ray with ``workers`` encoder actors of ``gpus_per_worker`` GPUs each
+    (:func:`index_builder.distributed.run`).
     """
     return _run(inputs, out_dir, encoder, create=True, batch_size=batch_size, dpi=dpi, max_pages=max_pages,
                 captions=captions, progress=progress, progress_bar=progress_bar, chunk_size=chunk_size,
-                dtype=dtype, max_pixels=max_pixels)
+                dtype=dtype, max_pixels=max_pixels, shards=shards, ray=ray, workers=workers,
+                gpus_per_worker=gpus_per_worker)
 
 
 def add(
-    out_dir: str | Path | Gallery,
+    out_dir: str | Path | Gallery | ShardedGallery,
     inputs: Sequence[str | Path | InputFile],
     encoder: MetaEmbedEncoder | str | Path | None = None,
     **kwargs: Any,
 ) -> BuildReport:
-    """Add files to an existing gallery; without ``encoder`` the model recorded in its manifest is loaded."""
-    gallery = out_dir if isinstance(out_dir, Gallery) else Gallery.open(out_dir)
+    """Add files to an existing gallery (sharded or not); without ``encoder`` the model recorded in its
+    manifest is loaded."""
+    gallery = out_dir if isinstance(out_dir, Gallery | ShardedGallery) else open_target(out_dir)
     if encoder is None:
         encoder = gallery.manifest["model"].get("ref")
         if encoder is None:
             raise GalleryError(f"{gallery.dir} does not record where its model lives; pass the model explicitly")
-    kwargs.setdefault("dtype", gallery.index_dtype)
+    kwargs.setdefault("dtype", _galleries(gallery)[0].index_dtype)
     return _run(inputs, gallery, encoder, create=False, **kwargs)
 
 
+def open_target(directory: str | Path) -> Gallery | ShardedGallery:
+    """Open a gallery folder as what it is: a sharded gallery or an ordinary one."""
+    return ShardedGallery.open(directory) if shard_format.is_sharded(directory) else Gallery.open(directory)
+
+
+def _galleries(target: Gallery | ShardedGallery) -> list[Gallery]:
+    return target.shards if isinstance(target, ShardedGallery) else [target]
+
+
+def _route(target: Gallery | ShardedGallery, item_id: str) -> Gallery:
+    return target.shard_of(item_id) if isinstance(target, ShardedGallery) else target
+
+
+def _open_or_create(out_dir: str | Path | Gallery | ShardedGallery, encoder: MetaEmbedEncoder, model_ref: str | None,
+                    create: bool, shards: int | None, dtype: torch.dtype, params: dict[str, Any]
+                    ) -> Gallery | ShardedGallery:
+    if isinstance(out_dir, Gallery | ShardedGallery) or not create:
+        target = out_dir if isinstance(out_dir, Gallery | ShardedGallery) else open_target(out_dir)
+        target.check_model(encoder)
+    elif shards is not None or shard_format.is_sharded(out_dir):
+        count = shards if shards is not None else len(shard_format.read_manifest(out_dir)["shards"])
+        target = ShardedGallery.open_or_create(out_dir, count, encoder, model_ref, dtype, params)
+    else:
+        target = Gallery.open_or_create(out_dir, encoder, model_ref, dtype, params)
+    if shards is not None and not isinstance(target, ShardedGallery):
+        raise GalleryError(f"{target.dir} is an unsharded gallery; --shards applies to new or sharded galleries")
+    return target
+
+
 def _run(
-    inputs: Sequence[str | Path | InputFile], out_dir: str | Path | Gallery,
+    inputs: Sequence[str | Path | InputFile], out_dir: str | Path | Gallery | ShardedGallery,
     encoder: MetaEmbedEncoder | str | Path | None, *,
     create: bool, batch_size: int = DEFAULT_BATCH_SIZE, dpi: int = DEFAULT_DPI, max_pages: int = DEFAULT_MAX_PAGES,
     captions: str | Path | None = None, progress: Callable[[Progress], None] | None = None,
     progress_bar: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.bfloat16,
-    max_pixels: int | None = None,
+    max_pixels: int | None = None, shards: int | None = None, ray: str | None = None, workers: int | None = None,
+    gpus_per_worker: float = 0.0,
 ) -> BuildReport:
     if batch_size < 1 or chunk_size < 1 or dpi < 1 or max_pages < 1:
         raise GalleryError("batch size, chunk size, dpi and max pages must all be at least 1")
     caption_map = load_captions(captions) if captions is not None else {}
     model_ref = None if isinstance(encoder, MetaEmbedEncoder) else ("mini" if encoder is None else str(encoder))
-    if not isinstance(encoder, MetaEmbedEncoder):
-        encoder = load_encoder(encoder)
+    model = encoder if isinstance(encoder, MetaEmbedEncoder) else load_encoder(encoder)
     start = time.perf_counter()  # after loading the model: seconds and items/s measure ingestion itself
     params = {"dpi": dpi, "max_pages": max_pages, "batch_size": batch_size}
-    if isinstance(out_dir, Gallery) or not create:
-        gallery = out_dir if isinstance(out_dir, Gallery) else Gallery.open(out_dir)
-        gallery.check_model(encoder)
-    else:
-        gallery = Gallery.open_or_create(out_dir, encoder, model_ref, dtype, params)
-    report = BuildReport(gallery=gallery)
-    units = _plan(inputs, gallery, caption_map, max_pages, report)
+    target = _open_or_create(out_dir, model, model_ref, create, shards, dtype, params)
+    report = BuildReport(gallery=target)
+    units = _plan(inputs, target, caption_map, max_pages, report)
     tracker = ProgressTracker(len(units), progress, progress_bar)
-    writer = _ChunkWriter(gallery, encoder, batch_size, chunk_size, report)
-    batches = prefetch(_batched(_load(units, gallery, dpi, max_pixels, tracker, report), batch_size))
+    writers = _Writers(target, chunk_size, report)
     try:
-        for batch in batches:
-            writer.encode(batch)
-            tracker.advance(len(batch), batch[-1][0].found.display)
-        writer.commit()
+        if ray is None:
+            _encode_here(units, target, model, batch_size, dpi, max_pixels, tracker, writers)
+        else:
+            from index_builder import distributed  # Ray is imported only for a distributed build
+
+            work = distributed.Work(units, dpi, max_pixels, batch_size,
+                                    {u.item_id: str(_route(target, u.item_id).dir) for u in units})
+            for batch in distributed.run(work, model if model_ref is None else model_ref, ray, workers,
+                                         gpus_per_worker):
+                writers.skip_all(batch.skipped, tracker)
+                writers.add(batch.decoded, batch.vectors, batch.failed, batch.seconds)
+                tracker.advance(len(batch.decoded) + len(batch.failed), batch.current)
+        writers.commit()
     except BaseException:  # Ctrl-C, a UI cancel, or a bug: keep every finished batch, then re-raise
         report.interrupted = True
-        writer.commit()
+        writers.commit()
         raise
     finally:
-        batches.close()
         tracker.close()
         report.seconds = time.perf_counter() - start
         report.items_per_s = report.indexed / report.seconds if report.seconds > 0 else 0.0
-        report.total_items = len(gallery.index)
-        gallery.write_report(report.to_dict())
+        report.total_items = sum(len(g.index) for g in _galleries(target))
+        if isinstance(target, ShardedGallery):
+            target.commit_manifest()
+            report.shards = {g.dir.name: len(g.index) for g in target.shards}
+        target.write_report(report.to_dict())
         logger.info(report.summary)
     return report
 
 
+def _encode_here(units: list[Unit], target: Gallery | ShardedGallery, encoder: MetaEmbedEncoder, batch_size: int,
+                 dpi: int, max_pixels: int | None, tracker: ProgressTracker, writers: _Writers) -> None:
+    """Decode in a prefetch thread ahead of the encoder, encode in this process."""
+    batches = prefetch(_batched(_load(units, target, dpi, max_pixels, tracker, writers), batch_size))
+    try:
+        for batch in batches:
+            encoded = encode_batch(encoder, batch, batch_size)
+            kept = [batch[i] for i in encoded.kept]
+            failed = [(batch[i].unit, reason) for i, reason in encoded.failed]
+            writers.add([(d.unit, d.image.width, d.image.height, d.text) for d in kept], encoded.vectors, failed,
+                        encoded.seconds)
+            tracker.advance(len(batch), batch[-1].unit.found.display)
+    finally:
+        batches.close()
+
+
 def _plan(
-    inputs: Sequence[str | Path | InputFile], gallery: Gallery, captions: dict[Path, str], max_pages: int,
-    report: BuildReport,
+    inputs: Sequence[str | Path | InputFile], target: Gallery | ShardedGallery, captions: dict[Path, str],
+    max_pages: int, report: BuildReport,
 ) -> list[Unit]:
     """Decide what to encode: skip bad files, duplicates, and items already committed (resume)."""
-    present = set(gallery.index.ids)
+    present: set[str] = set()
     known: dict[str, tuple[str, Path]] = {}  # sha256 -> (source, file) already in the gallery
-    for item_id in present:
-        record = gallery.item(item_id)
-        known.setdefault(record.sha256, (record.source, (gallery.dir / (record.path or "")).resolve()))
+    for gallery in _galleries(target):
+        present.update(gallery.index.ids)
+        for item_id in gallery.index.ids:
+            record = gallery.item(item_id)
+            known.setdefault(record.sha256, (record.source, (gallery.dir / (record.path or "")).resolve()))
     first_seen: dict[str, str] = {}
     units: list[Unit] = []
-    for entry in discover(inputs, exclude=[gallery.dir]):
+    for entry in discover(inputs, exclude=[target.dir]):
         report.files_seen += 1
         if isinstance(entry, Found):
             entry = examine(entry, max_pages)
@@ -218,128 +275,89 @@ def _plan(
 
 
 def _load(
-    units: list[Unit], gallery: Gallery, dpi: int, max_pixels: int | None, tracker: ProgressTracker,
-    report: BuildReport,
-) -> Iterator[tuple[Unit, Image.Image, str | None]]:
+    units: list[Unit], target: Gallery | ShardedGallery, dpi: int, max_pixels: int | None,
+    tracker: ProgressTracker, writers: _Writers,
+) -> Iterator[Decoded]:
     """Decode lazily, one file (or one PDF page) at a time, so memory follows the batch size.
 
     Each item's thumbnail is written here too (off the encoder's thread, see :mod:`prefetch`).
     """
-    for unit, image, text in _decode(units, dpi, max_pixels, tracker, report):
-        save_thumbnail(image, gallery.dir / THUMBS_DIR / thumb_name(unit.item_id))
-        yield unit, image, text
+    for _, group in itertools.groupby(units, key=lambda u: u.found.path):
+        for entry in decode_file(list(group), dpi, max_pixels):
+            if isinstance(entry, Skipped):
+                writers.skip_all([entry], tracker)
+                continue
+            save_thumbnail(entry.image, thumb_path(_route(target, entry.unit.item_id), entry.unit.item_id))
+            yield entry
 
 
-def _decode(
-    units: list[Unit], dpi: int, max_pixels: int | None, tracker: ProgressTracker, report: BuildReport
-) -> Iterator[tuple[Unit, Image.Image, str | None]]:
-    for path, group in itertools.groupby(units, key=lambda u: u.found.path):
-        todo = list(group)
-        if todo[0].found.kind != "pdf":
-            try:
-                yield todo[0], load_image(path, max_pixels, DEFAULT_MAX_SIDE), todo[0].caption
-            except ImageError as err:
-                report.skip(todo[0].found.display, str(err))
-                tracker.drop()
-            continue
-        by_page = {u.page: u for u in todo}
-        try:
-            for page in iter_pages(path, list(by_page), dpi):
-                if isinstance(page, tuple):
-                    number, err = page
-                    report.skip(f"{todo[0].found.display}#page={number}", str(err))
-                    tracker.drop()
-                    del by_page[number]
-                    continue
-                unit = by_page.pop(page.number)
-                text = "\n".join(t for t in (unit.caption, page.text) if t) or None
-                yield unit, page.image, text
-        except InputSkipped as err:  # the file changed or broke between planning and rendering
-            report.skip(todo[0].found.display, str(err))
-            tracker.drop(len(by_page))
+def thumb_path(gallery: Gallery, item_id: str) -> Path:
+    """Where an item's thumbnail goes in the gallery (or shard) that holds it."""
+    return gallery.dir / THUMBS_DIR / thumb_name(item_id)
 
 
-class _ChunkWriter:
-    """Encodes batches into the in-memory index and commits it to disk every ``chunk_size`` items."""
+class _Writers:
+    """Adds encoded items to the gallery (or the shard each belongs to) and commits every ``chunk_size``."""
 
-    def __init__(
-        self, gallery: Gallery, encoder: MetaEmbedEncoder, batch_size: int, chunk_size: int, report: BuildReport
-    ) -> None:
-        self.gallery, self.encoder, self.batch_size, self.chunk_size = gallery, encoder, batch_size, chunk_size
-        self.report = report
-        self.uncommitted = 0
+    def __init__(self, target: Gallery | ShardedGallery, chunk_size: int, report: BuildReport) -> None:
+        self.target, self.chunk_size, self.report = target, chunk_size, report
+        self.uncommitted: dict[Path, int] = {}
 
-    def encode(self, batch: list[tuple[Unit, Image.Image, str | None]]) -> None:
-        batch, vectors = self._encode_isolating_failures(batch)
-        if not batch:
-            return
-        metas = [self._metadata(unit, image, text) for unit, image, text in batch]
-        self.gallery.index.add([unit.item_id for unit, _, _ in batch], vectors, metas)
-        self.report.indexed += len(batch)
-        self.uncommitted += len(batch)
-        if self.uncommitted >= self.chunk_size:
-            self.commit()
+    def skip_all(self, skipped: Sequence[Skipped], tracker: ProgressTracker) -> None:
+        for entry in skipped:
+            self.report.skip(entry.label, entry.reason)
+            tracker.drop(len(entry.units))
+
+    def add(self, decoded: Sequence[tuple[Unit, int, int, str | None]], vectors: torch.Tensor,
+            failed: Sequence[tuple[Unit, str]], seconds: float) -> None:
+        """``decoded``: (unit, width, height, encoded text) of each row of ``vectors`` (n, R_c, D)."""
+        self.report.encode_seconds += seconds
+        for unit, reason in failed:
+            self.report.skip(unit.label, reason)
+            thumb_path(_route(self.target, unit.item_id), unit.item_id).unlink(missing_ok=True)
+        by_gallery: dict[Path, list[int]] = {}
+        for row, (unit, _, _, _) in enumerate(decoded):
+            by_gallery.setdefault(_route(self.target, unit.item_id).dir, []).append(row)
+        for rows in by_gallery.values():
+            gallery = _route(self.target, decoded[rows[0]][0].item_id)
+            metas = [_metadata(gallery, *decoded[r]) for r in rows]
+            gallery.index.add([decoded[r][0].item_id for r in rows], vectors[rows], metas)
+            self.report.indexed += len(rows)
+            self.uncommitted[gallery.dir] = self.uncommitted.get(gallery.dir, 0) + len(rows)
+            if self.uncommitted[gallery.dir] >= self.chunk_size:
+                self._commit(gallery)
 
     def commit(self) -> None:
-        if self.uncommitted:
-            self.gallery.commit()
-            logger.debug("committed %d items (%d in gallery)", self.uncommitted, len(self.gallery.index))
-            self.uncommitted = 0
+        for gallery in _galleries(self.target):
+            self._commit(gallery)
 
-    def _encode_isolating_failures(
-        self, batch: list[tuple[Unit, Image.Image, str | None]]
-    ) -> tuple[list[tuple[Unit, Image.Image, str | None]], torch.Tensor]:
-        """Encode a batch; if the model chokes on it, retry item by item and skip only the culprit."""
-        try:
-            return batch, self._encode(batch)
-        except GalleryError:
-            raise
-        except (RuntimeError, ValueError) as err:
-            if len(batch) == 1:
-                self.report.skip(_label(batch[0][0]), f"the model could not encode it: {err}")
-                (self.gallery.dir / THUMBS_DIR / thumb_name(batch[0][0].item_id)).unlink(missing_ok=True)
-                return [], torch.empty(0)
-        kept, vectors = [], []
-        for entry in batch:
-            sub, vec = self._encode_isolating_failures([entry])
-            kept += sub
-            if sub:
-                vectors.append(vec)
-        return kept, (torch.cat(vectors) if vectors else torch.empty(0))
-
-    def _encode(self, batch: list[tuple[Unit, Image.Image, str | None]]) -> torch.Tensor:
-        items = [candidate_item(unit.page is not None, image, text, unit.item_id) for unit, image, text in batch]
-        tic = time.perf_counter()
-        vectors = self.encoder.encode_candidates(items, batch_size=self.batch_size)
-        self.report.encode_seconds += time.perf_counter() - tic
-        expected = (len(items), self.encoder.num_candidate_tokens, self.encoder.dim)
-        if tuple(vectors.shape) != expected:
-            raise GalleryError(f"encoder returned shape {tuple(vectors.shape)}, expected {expected}")
-        return vectors
-
-    def _metadata(self, unit: Unit, image: Image.Image, text: str | None) -> dict[str, Any]:
-        is_page = unit.page is not None
-        return GalleryItem(
-            kind=PDF_PAGE if is_page else IMAGE,
-            source=unit.found.display,
-            path=self.gallery.relpath(unit.found.path),
-            page=unit.page,
-            pages=unit.found.pages,
-            caption=unit.caption,
-            text=text if is_page else None,
-            instruction=candidate_instruction(is_page),
-            sha256=unit.found.sha256,
-            thumbnail=f"{THUMBS_DIR}/{thumb_name(unit.item_id)}",  # written by _load
-            width=image.width,
-            height=image.height,
-        ).to_dict()
+    def _commit(self, gallery: Gallery) -> None:
+        if self.uncommitted.get(gallery.dir):
+            gallery.commit()
+            logger.debug("committed %d items (%d in %s)", self.uncommitted[gallery.dir], len(gallery.index),
+                         gallery.dir)
+            self.uncommitted[gallery.dir] = 0
 
 
-def _label(unit: Unit) -> str:
-    return unit.found.display if unit.page is None else f"{unit.found.display}#page={unit.page}"
+def _metadata(gallery: Gallery, unit: Unit, width: int, height: int, text: str | None) -> dict[str, Any]:
+    is_page = unit.page is not None
+    return GalleryItem(
+        kind=PDF_PAGE if is_page else IMAGE,
+        source=unit.found.display,
+        path=gallery.relpath(unit.found.path),
+        page=unit.page,
+        pages=unit.found.pages,
+        caption=unit.caption,
+        text=text if is_page else None,
+        instruction=candidate_instruction(is_page),
+        sha256=unit.found.sha256,
+        thumbnail=f"{THUMBS_DIR}/{thumb_name(unit.item_id)}",  # written by _load
+        width=width,
+        height=height,
+    ).to_dict()
 
 
-def _batched(iterable: Iterator[tuple[Unit, Image.Image, str | None]], n: int):
+def _batched(iterable: Iterator[Decoded], n: int) -> Iterator[list[Decoded]]:
     """itertools.batched (3.12+) for Python 3.11, as lists."""
     iterator = iter(iterable)
     while batch := list(itertools.islice(iterator, n)):
