@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from index_builder.builder import open_target
 from index_builder.errors import GalleryError, InputSkipped
 from index_builder.gallery import INDEX_DIR, MANIFEST, THUMBS_DIR, Gallery
+from index_builder.sharded import ShardedGallery
 from metaembed.budget import TRAINED_GROUPS
 from metaembed.models import MetaEmbedEncoder, ModelLoadError, load_encoder
 from metaembed.store import MANIFEST as STORE_MANIFEST
@@ -34,9 +36,31 @@ def load_gallery(out_dir: str | Path) -> Gallery:
 def remove(out_dir: str | Path, ids_or_sources: Sequence[str]) -> int:
     """Remove items by id, or every item of a source path (all pages of a PDF); returns the number removed.
 
-    Nothing is removed when any argument matches no item, so a typo cannot half-apply.
+    Nothing is removed when any argument matches no item (in any shard), so a typo cannot half-apply.
     """
-    gallery = Gallery.open(out_dir)
+    target = open_target(out_dir)
+    galleries = target.shards if isinstance(target, ShardedGallery) else [target]
+    matches = [_matches(gallery, ids_or_sources) for gallery in galleries]
+    unknown = [arg for arg in ids_or_sources if not any(arg in found for _, found in matches)]
+    if unknown:
+        raise GalleryError(f"no item in {out_dir} has id or source {', '.join(map(repr, unknown))}; nothing removed")
+    removed = 0
+    for gallery, (chosen, _) in zip(galleries, matches, strict=True):
+        if not chosen:
+            continue
+        thumbs = [gallery.item(i).thumbnail for i in chosen]
+        removed += gallery.index.remove(chosen)
+        gallery.commit()
+        for rel in thumbs:  # after the commit: a crash in between leaves orphans, never dangling references
+            if rel:
+                (gallery.dir / rel).unlink(missing_ok=True)
+    if isinstance(target, ShardedGallery):
+        target.commit_manifest()
+    return int(removed)
+
+
+def _matches(gallery: Gallery, ids_or_sources: Sequence[str]) -> tuple[list[str], set[str]]:
+    """The item ids in ``gallery`` the arguments name (ids, source paths, files), and which arguments matched."""
     ids = list(gallery.index.ids)
     records = {item_id: gallery.item(item_id) for item_id in ids}
     by_source: dict[str, list[str]] = {}
@@ -44,23 +68,16 @@ def remove(out_dir: str | Path, ids_or_sources: Sequence[str]) -> int:
         for key in (record.source, record.path):
             if key:
                 by_source.setdefault(key, []).append(item_id)
-    present, chosen, unknown = set(ids), [], []
+    present, chosen, found = set(ids), [], set()
     for arg in ids_or_sources:
         matched = [arg] if arg in present else by_source.get(arg) or by_source.get(Path(arg).as_posix(), [])
         if not matched:
             resolved = Path(arg).resolve()
             matched = [i for i in ids if (gallery.dir / (records[i].path or "")).resolve() == resolved]
-        (chosen.extend(matched) if matched else unknown.append(arg))
-    if unknown:
-        raise GalleryError(f"no item in {out_dir} has id or source {', '.join(map(repr, unknown))}; nothing removed")
-    chosen = list(dict.fromkeys(chosen))
-    thumbs = [records[i].thumbnail for i in chosen]
-    removed = gallery.index.remove(chosen)
-    gallery.commit()
-    for rel in thumbs:  # after the commit: a crash in between leaves orphans, never dangling references
-        if rel:
-            (gallery.dir / rel).unlink(missing_ok=True)
-    return int(removed)
+        if matched:
+            chosen.extend(matched)
+            found.add(arg)
+    return list(dict.fromkeys(chosen)), found
 
 
 @dataclass
@@ -80,31 +97,36 @@ class GalleryInfo:
     model_name: str
     model_fingerprint: str
     model_ref: str | None
+    shards: dict[str, int] | None = None  #: items per shard (sharded galleries)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def info(gallery: Gallery | str | Path) -> GalleryInfo:
-    """Counts, shapes, bytes and model of a gallery: an open one (read from memory) or a directory."""
-    if not isinstance(gallery, Gallery):
-        gallery = Gallery.open(gallery)
-    records = [gallery.item(i) for i in gallery.index.ids]
+def info(gallery: Gallery | ShardedGallery | str | Path) -> GalleryInfo:
+    """Counts, shapes, bytes and model of a gallery (sharded or not): an open one (read from memory) or a
+    directory."""
+    if not isinstance(gallery, Gallery | ShardedGallery):
+        gallery = open_target(gallery)
+    galleries = gallery.shards if isinstance(gallery, ShardedGallery) else [gallery]
+    records = [g.item(i) for g in galleries for i in g.index.ids]
     pdf_pages = [r for r in records if r.is_page]
+    first = galleries[0]
     return GalleryInfo(
         path=str(gallery.dir),
         items=len(records),
         images=len(records) - len(pdf_pages),
         pages=len(pdf_pages),
         documents=len({r.sha256 for r in pdf_pages}),
-        dim=int(gallery.manifest["dim"]),
-        r_c=int(gallery.manifest["r_c"]),
-        dtype=str(gallery.manifest["dtype"]),
-        stored_bytes=int(gallery.index.stored_bytes),
-        bytes_per_budget={str(b): int(gallery.index.bytes_read(b)) for b in TRAINED_GROUPS},
-        model_name=str(gallery.manifest["model"]["name"]),
-        model_fingerprint=gallery.fingerprint,
-        model_ref=gallery.manifest["model"].get("ref"),
+        dim=int(first.manifest["dim"]),
+        r_c=int(first.manifest["r_c"]),
+        dtype=str(first.manifest["dtype"]),
+        stored_bytes=sum(int(g.index.stored_bytes) for g in galleries),
+        bytes_per_budget={str(b): sum(int(g.index.bytes_read(b)) for g in galleries) for b in TRAINED_GROUPS},
+        model_name=str(first.manifest["model"]["name"]),
+        model_fingerprint=first.fingerprint,
+        model_ref=first.manifest["model"].get("ref"),
+        shards={g.dir.name: len(g.index) for g in galleries} if isinstance(gallery, ShardedGallery) else None,
     )
 
 
@@ -135,20 +157,44 @@ def verify(
     The model is ``encoder`` if given, else the one recorded in the manifest (when ``load_model``).
     ``reencode`` > 0 also re-encodes that many items (spread over the gallery) from their source files
     and compares them with the stored vectors: the fingerprint proves the weights match, this proves
-    the whole pipeline (preprocessing, instructions) still produces the stored vectors.
+    the whole pipeline (preprocessing, instructions) still produces the stored vectors. A sharded gallery
+    is checked shard by shard (each problem names its shard), the model loaded once, and the top-level
+    manifest against the shards.
     """
     report = VerifyReport()
     try:
-        gallery = Gallery.open(out_dir)
+        target = open_target(out_dir)
     except GalleryError as err:
         report.problems.append(str(err))
         return report
+    if not isinstance(target, ShardedGallery):
+        _verify_one(target, encoder, load_model, reencode, report)
+        return report
+    for spec, shard in zip(target.manifest["shards"], target.shards, strict=True):
+        part = VerifyReport()
+        encoder = _verify_one(shard, encoder, load_model, reencode, part) or encoder
+        report.problems += [f"{spec.name}: {p}" for p in part.problems]
+        report.warnings += [f"{spec.name}: {w}" for w in part.warnings]
+        report.checked_items += part.checked_items
+        report.model_checked |= part.model_checked
+        report.reencoded += part.reencoded
+        if spec.count != len(shard.index):
+            report.warnings.append(f"{spec.name}: the top-level {MANIFEST} counts {spec.count} items, the shard holds "
+                                   f"{len(shard.index)} (an interrupted run; the next build or add rewrites it)")
+        if shard.fingerprint != target.manifest["model"]["fingerprint"]:
+            report.problems.append(f"{spec.name}: built by model {shard.fingerprint}, the gallery's is "
+                                   f"{target.manifest['model']['fingerprint']}")
+    return report
+
+
+def _verify_one(gallery: Gallery, encoder: MetaEmbedEncoder | str | Path | None, load_model: bool, reencode: int,
+                report: VerifyReport) -> MetaEmbedEncoder | None:
     _check_vectors_file(gallery, report)
     _check_items(gallery, report)
     model = _check_model(gallery, encoder, load_model, report)
     if model is not None and reencode > 0 and report.ok:
         _check_reencode(gallery, model, reencode, report)
-    return report
+    return model
 
 
 def _check_vectors_file(gallery: Gallery, report: VerifyReport) -> None:
