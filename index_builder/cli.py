@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from index_builder.builder import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, BuildReport, add, build
-from index_builder.distributed import RAY_REQUIREMENT
 from index_builder.errors import GalleryError
 from index_builder.manage import info, remove, verify
 from index_builder.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES
 from index_builder.search import search
 from metaembed.budget import Budget, BudgetError
 from metaembed.models import ModelLoadError
+from metaembed.serve import RAY_REQUIREMENT
 from metaembed.serve.protocol import RequestError
 
 logger = logging.getLogger("index_builder")

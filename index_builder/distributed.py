@@ -29,11 +29,10 @@ from index_builder.gallery import THUMBS_DIR, thumb_name
 from index_builder.stages import Decoded, Skipped, Unit, decode_file, encode_batch
 from index_builder.storage import save_thumbnail
 from metaembed.models import MetaEmbedEncoder, load_encoder
+from metaembed.serve import RAY_REQUIREMENT
 
 logger = logging.getLogger(__name__)
 
-#: The Ray this code is tested with (requirements-test.txt pins the same).
-RAY_REQUIREMENT = "ray[data,serve]==2.60.0"
 #: CPUs a decode task asks for: small, so encoder actors and decode tasks never starve each other.
 DECODE_CPUS = 0.25
 #: Object store of a ``local`` cluster: decoded pixels stream through it a few batches at a time.
@@ -87,8 +86,9 @@ def connect(ray: Any, spec: str, workers: int | None, gpus_per_worker: float) ->
     started = False
     if not ray.is_initialized():
         if spec == "local" or spec.startswith("local:"):
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a one-machine Ray: loopback only
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE,
-                     log_to_driver=False, _node_ip_address="127.0.0.1")
+                     log_to_driver=False)
         else:
             ray.init(address=spec, log_to_driver=False)
         started = True
@@ -212,4 +212,4 @@ def _to_batch(columns: dict[str, np.ndarray]) -> Batch:
     return batch
 
 
-__all__: Sequence[str] = ["RAY_REQUIREMENT", "Batch", "EncoderActor", "Work", "connect", "import_ray", "run"]
+__all__: Sequence[str] = ["Batch", "EncoderActor", "Work", "connect", "import_ray", "run"]
