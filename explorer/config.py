@@ -25,6 +25,7 @@ ENV = {
     "max_eval_corpus": "METAEMBED_MAX_EVAL_CORPUS",
     "bundled_eval_limit": "METAEMBED_BUNDLED_EVAL_LIMIT",
     "allow_model_paths": "METAEMBED_ALLOW_MODEL_PATHS",
+    "serve_url": "METAEMBED_SERVE_URL",
 }
 
 
@@ -74,6 +75,8 @@ class ExplorerConfig:
     #: Whether visitors may load other checkpoint directories (a public Space may set 0: one big model
     #: loaded by one visitor would take the memory every visitor shares).
     allow_model_paths: bool = True
+    #: A gallery served by ``python -m metaembed.serve`` (its base URL): the demo choice searches it instead.
+    serve_url: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ExplorerConfig:
@@ -96,5 +99,6 @@ class ExplorerConfig:
             max_eval_corpus=_int_env(ENV["max_eval_corpus"], default.max_eval_corpus),
             bundled_eval_limit=_int_env(ENV["bundled_eval_limit"], default.bundled_eval_limit),
             allow_model_paths=env.get(ENV["allow_model_paths"], "1").strip().lower() not in ("0", "false", "no"),
+            serve_url=env.get(ENV["serve_url"]) or None,
         )
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -11,6 +11,7 @@ from PIL import Image
 
 from explorer.errors import ExplorerError
 from explorer.models import fingerprint
+from explorer.served import ServedGallery
 from explorer.session import LastSearch, Session, query_key
 from index_builder import Gallery
 from metaembed.budget import Budget, BudgetError
@@ -67,11 +68,16 @@ def check_budget(r_q: Any, r_c: Any, encoder: MetaEmbedEncoder, index: MultiVect
     The explorer's one budget check, where a search enters it (:meth:`explorer.service.Explorer.search`);
     everything after it is handed a :class:`Budget`.
     """
+    return check_bounds(r_q, r_c, encoder.num_query_tokens, index.num_vectors)
+
+
+def check_bounds(r_q: Any, r_c: Any, max_r_q: int, max_r_c: int) -> Budget:
+    """A budget of whole numbers within ``max_r_q`` x ``max_r_c`` (a local model and index, or a server's)."""
     try:
         r_q_i, r_c_i = int(r_q), int(r_c)
         if r_q_i != r_q or r_c_i != r_c:
             raise BudgetError(f"budget must be whole numbers, got r_q={r_q}, r_c={r_c}")
-        return Budget(r_q_i, r_c_i).validate(encoder.num_query_tokens, index.num_vectors)
+        return Budget(r_q_i, r_c_i).validate(max_r_q, max_r_c)
     except (BudgetError, TypeError, ValueError) as err:
         raise ExplorerError(f"budget out of range: {err}") from err
 
@@ -152,6 +158,54 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery, qu
     return outcome
 
 
+def run_served_search(session: Session, served: ServedGallery, query: Query, budget: Budget, k: Any = 10,
+                      two_stage: bool = False, k_prime: Any = 100) -> tuple[SearchOutcome, list[dict[str, Any]]]:
+    """Search a served gallery (the server encodes the query); the figures add each shard's latency.
+    Returns the outcome and the server's hits (their metadata names the items)."""
+    info = served.info()
+    n = int(info["count"])
+    if n == 0:
+        raise ExplorerError("the served gallery is empty")
+    k_eff = check_k(k, n)
+    first_stage = check_k(k_prime, n, "k′", MAX_K_PRIME) if two_stage else None
+    if first_stage is not None and first_stage < k_eff:
+        raise ExplorerError(f"k′ ({first_stage}) must be at least k ({k_eff}): the first stage keeps k′ candidates")
+    item = query.item()
+    answer, round_trip_ms = served.search(item.text, item.image, item.instruction, budget, k_eff, first_stage)
+    timings = answer["timings"]
+    hits = [Hit(rank=i + 1, id=str(h["id"]), score=float(h["score"]), caption=_served_title(h))
+            for i, h in enumerate(answer["hits"])]
+    figures = {
+        "budget": str(budget), "mode": "two-stage" if first_stage is not None else "exhaustive", "k": k_eff,
+        "k_prime": first_stage, "candidates": n, "candidates_scored": None,
+        "query_encode_ms": timings["encode_ms"], "query_cached": timings["encode_ms"] == 0,
+        "query_encodes": session.encode_count, "first_stage_ms": 0.0,
+        "maxsim_ms": max(timings["per_shard_ms"].values()), "per_shard_ms": timings["per_shard_ms"],
+        "merge_ms": timings["merge_ms"], "search_ms": timings["total_ms"],
+        "total_ms": round(round_trip_ms, 3), "bytes_stored": None, "bytes_read": int(answer["bytes_read"]),
+        "scoring_flops": _served_flops(budget, n, int(info["dim"]), first_stage, len(info["shards"])),
+        "model": info.get("model"),
+        "instruction": item.instruction, "served": served.url,
+    }
+    outcome = SearchOutcome(hits=hits, figures=figures)
+    _diff(session.last, query.key(), outcome)
+    session.last = LastSearch(query_key=query.key(), model_fp=str(info.get("model_fingerprint")), budget=budget,
+                              ids=[h.id for h in hits], served=True)
+    return outcome, answer["hits"]
+
+
+def _served_title(hit: dict[str, Any]) -> str:
+    source = str(hit.get("source") or hit["id"])
+    return f"{source} p. {hit['page']}" if hit.get("page") else source
+
+
+def _served_flops(budget: Budget, n: int, dim: int, first_stage: int | None, shards: int) -> int:
+    """Exhaustive: every item at the budget; two-stage: token 0 of every item, then k′ per shard."""
+    if first_stage is None:
+        return scoring_flops(budget, n, dim)
+    return scoring_flops(Budget(1, 1), n, dim) + scoring_flops(budget, min(n, first_stage * shards), dim)
+
+
 def _diff(previous: LastSearch | None, key: str, outcome: SearchOutcome) -> None:
     """Compare with the previous ranking of the same query (``previous``, the session's last search)."""
     ids = [h.id for h in outcome.hits]
@@ -187,8 +241,10 @@ def figures_markdown(outcome: SearchOutcome) -> str:
         f"| query encode | {encode} |",
         f"| first stage | {f['first_stage_ms']:.2f} ms |",
         f"| MaxSim | {f['maxsim_ms']:.2f} ms |",
+        *[f"| shard {name} | {ms:.2f} ms |" for name, ms in (f.get("per_shard_ms") or {}).items()],
+        *([f"| merge (server) | {f['merge_ms']:.2f} ms |"] if f.get("per_shard_ms") else []),
         f"| total | {f['total_ms']:.1f} ms |",
-        f"| index stored | {format_bytes(f['bytes_stored'])} |",
+        f"| index stored | {format_bytes(f['bytes_stored']) if f['bytes_stored'] is not None else 'on the server'} |",
         f"| bytes read at this budget | {format_bytes(f['bytes_read'])} |",
         f"| scoring FLOPs | {f['scoring_flops'] / 1e6:,.2f} MFLOP |",
         f"| query encodes this session | {f['query_encodes']} |",

@@ -27,16 +27,20 @@ from explorer.gallery import (
     encoded_item,
     gallery_stats,
     query_instruction,
+    text_card,
 )
 from explorer.models import ModelCache, fingerprint, load_model
 from explorer.search import (
     Query,
     SearchOutcome,
+    check_bounds,
     check_budget,
     diff_markdown,
     figures_markdown,
     run_search,
+    run_served_search,
 )
+from explorer.served import ServedGallery
 from explorer.session import Session, SessionStore
 from explorer.tokens import heatmap_figure, token_view
 from index_builder import Gallery
@@ -83,6 +87,7 @@ class Explorer:
         # count while it encodes one short text. So one forward (encode, gallery build, attention) at a time;
         # on a 2-core Space that is also what keeps each one fast.
         self._encode_lock = threading.Lock()
+        self.served = ServedGallery(config.serve_url) if config.serve_url else None
         self._eval_cache: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ resources
@@ -168,6 +173,8 @@ class Explorer:
         """Rank the session's gallery; only a new query (text/image/instruction) is encoded."""
         session = self.session(session_id)
         picture = _open_query_image(image)
+        if self.served is not None and session.gallery_choice == DEMO:
+            return self._served_search(session, text, picture, instruction, r_q, r_c, k, two_stage, k_prime)
         with session.lock:
             encoder, gallery = self._context(session)
             budget = check_budget(r_q, r_c, encoder, gallery.index)
@@ -185,6 +192,25 @@ class Explorer:
                             "file": record.source, "page": record.page, "kind": record.kind})
         return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
 
+    def _served_search(self, session: Session, text: str | None, picture: Image.Image | None,
+                       instruction: str | None, r_q: Any, r_c: Any, k: Any, two_stage: bool,
+                       k_prime: Any) -> SearchView:
+        """The demo choice when METAEMBED_SERVE_URL is set: the served gallery, searched over HTTP."""
+        served = self.served
+        info = served.info()
+        with session.lock:
+            budget = check_bounds(r_q, r_c, int(info["r_q"]), int(info["r_c"]))
+            given = (instruction or "").strip()
+            query = Query(text=text, image=picture, instruction=None if given.lower() == "none" else given or None)
+            outcome, hits = run_served_search(session, served, query, budget, k, bool(two_stage), k_prime)
+        entries = [(served.thumbnail(h) or text_card(c.caption), f"#{c.rank} {Path(c.caption).name} · {c.score:.3f}")
+                   for h, c in zip(hits, outcome.hits, strict=True)]
+        results = [{"rank": c.rank, "id": c.id, "score": c.score, "source": c.caption, "file": h.get("source"),
+                    "page": h.get("page"), "kind": h.get("kind"), "shard": h.get("shard")}
+                   for h, c in zip(hits, outcome.hits, strict=True)]
+        captions = {c.id: c.caption for c in outcome.hits}
+        return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
+
     def token_matches(self, session_id: str, rank: Any, query_token: Any = 0) -> tuple[go.Figure, Image.Image | None,
                                                                                       str, dict[str, Any]]:
         """Heatmap for result ``rank`` of the last search and, for image candidates, the attention overlay
@@ -194,6 +220,9 @@ class Explorer:
             last = session.last
             if last is None:
                 raise ExplorerError("search first, then pick a result to see its token matches")
+            if last.served:
+                raise ExplorerError("token matches need the candidate vectors, which stay on the search server "
+                                    "for a served gallery: switch to your own gallery to see them")
             try:
                 position = int(rank) - 1
             except (TypeError, ValueError) as err:

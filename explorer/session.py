@@ -49,6 +49,7 @@ class LastSearch:
     model_fp: str
     budget: Budget
     ids: list[str]
+    served: bool = False  #: searched on a metaembed.serve server: its vectors are not here
 
 
 @dataclass

@@ -103,8 +103,9 @@ def connect(ray: Any, spec: str, workers: int | None, gpus_per_worker: float) ->
     if workers < 1:
         raise GalleryError(f"need at least one encoder worker, got {workers}")
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    per_worker = max(0.1, min(cpus - DECODE_CPUS, cpus / workers) - DECODE_CPUS / workers)
-    # torch threads per actor: the CPUs it holds (a local:1 build uses every core, as a local build does)
+    largest = max(float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"])
+    # an actor must fit on one node beside a decode task, and the pool must leave room for decoding
+    per_worker = max(0.1, min(largest - DECODE_CPUS, (cpus - DECODE_CPUS) / workers))
     return Cluster(workers, per_worker, gpus_per_worker, max(1, round(per_worker))), started
 
 

@@ -64,6 +64,7 @@ class GalleryPlan:
     fingerprint: str | None
     r_q: int
     r_c: int
+    dim: int
     count: int
 
 
@@ -85,7 +86,7 @@ def plan(directory: str | Path, model: str | None = None, verify: bool = False) 
     r_q, _ = token_counts(model_ref)
     return GalleryPlan(str(directory), [ShardPlan(s.name, d) for s, d in zip(shards, dirs, strict=True)],
                        str(model_ref), shards[0].index.model_fingerprint, int(r_q), shards[0].index.num_vectors,
-                       sum(len(s.index) for s in shards))
+                       shards[0].index.dim, sum(len(s.index) for s in shards))
 
 
 @serve.deployment
@@ -168,7 +169,8 @@ class Router:
 
     def info(self) -> dict[str, Any]:
         return {"directory": self.gallery.directory, "shards": self.names, "count": self.gallery.count,
-                "r_q": self.gallery.r_q, "r_c": self.gallery.r_c, "model": self.gallery.model_ref,
+                "r_q": self.gallery.r_q, "r_c": self.gallery.r_c, "dim": self.gallery.dim,
+                "model": self.gallery.model_ref,
                 "model_fingerprint": self.gallery.fingerprint}
 
     async def search(self, search: SearchRequest, item: Item) -> dict[str, Any]:
