@@ -13,7 +13,8 @@
   R_c = 64, 90 % usable) and the latency expected from the measured per-shard scoring rate (bytes/s at each
   budget, shards in parallel) plus the measured fan-out overhead.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--items 96] [--n 200000] [--repeats 15] [--node-gib 128]
+    .venv/bin/python benchmarks/bench_cluster.py [--items 96] [--n 200000] [--repeats 12] [--node-gib 128] \
+        [--parts build,open,search]
 """
 
 from __future__ import annotations
@@ -53,29 +54,44 @@ DIM, R_C = 384, 64
 
 
 def bench_build(model, n_items: int, repeats: int) -> dict:
-    """Single-process build vs local:1 and local:2 on the same images, alternating, best of ``repeats``."""
+    """Single-process build vs local:1 and local:2 on the same images, alternating, medians of ``repeats``.
+
+    Each is run on ``n_items // 2`` and on ``n_items`` items: end-to-end items/s is the larger run's, and the
+    marginal rate (items added / seconds added) cancels what a run pays once (for Ray: starting the actors
+    and loading the model in each), i.e. the steady-state throughput.
+    """
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
-    inputs = prepare_inputs(work, GALLERY / "images", n_items, GALLERY / "docs" / "reportlab-userguide.pdf", 0)
+    sizes = (n_items // 2, n_items)
+    for n in sizes:
+        (work / str(n)).mkdir()
+    inputs = {n: prepare_inputs(work / str(n), GALLERY / "images", n, GALLERY / "docs" / "reportlab-userguide.pdf",
+                                0) for n in sizes}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
-    rates: dict[str, list[float]] = {"single_process": [], "ray_1_worker": [], "ray_2_workers": []}
+    sides = (("single_process", None), ("ray_1_worker", "local:1"), ("ray_2_workers", "local:2"))
+    seconds: dict[tuple[str, int], list[float]] = {}
     try:
         for r in range(repeats):
-            for name, spec in (("single_process", None), ("ray_1_worker", "local:1"), ("ray_2_workers", "local:2")):
-                out = work / f"{name}-{r}"
-                report = index_builder.build([inputs], out, model, ray=spec, shards=2 if spec else None)
-                rates[name].append(report.indexed / report.seconds)
-                logger.info("build %s: %.2f items/s", name, rates[name][-1])
-                shutil.rmtree(out)
+            for n in sizes:
+                for name, spec in sides:
+                    out = work / f"{name}-{n}-{r}"
+                    report = index_builder.build([inputs[n]], out, model, ray=spec, shards=2 if spec else None)
+                    assert report.indexed == n, report.summary
+                    seconds.setdefault((name, n), []).append(report.seconds)
+                    logger.info("build %s, %d items: %.1f s", name, n, report.seconds)
+                    shutil.rmtree(out)
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    best = {k: max(v) for k, v in rates.items()}
-    return {"items": n_items, "items_per_s": {k: round(v, 2) for k, v in best.items()},
-            "all_runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
-            "overhead_1_worker": round(best["single_process"] / best["ray_1_worker"] - 1, 3),
-            "overhead_2_workers": round(best["single_process"] / best["ray_2_workers"] - 1, 3)}
+    best = {key: statistics.median(v) for key, v in seconds.items()}
+    end_to_end = {name: round(n_items / best[(name, n_items)], 2) for name, _ in sides}
+    marginal = {name: round((sizes[1] - sizes[0]) / max(1e-9, best[(name, sizes[1])] - best[(name, sizes[0])]), 2)
+                for name, _ in sides}
+    return {"items": list(sizes), "repeats": repeats, "items_per_s": end_to_end, "marginal_items_per_s": marginal,
+            "seconds": {f"{name}@{n}": [round(x, 1) for x in v] for (name, n), v in seconds.items()},
+            "overhead_end_to_end": {k: round(end_to_end["single_process"] / v - 1, 3) for k, v in end_to_end.items()},
+            "overhead_marginal": {k: round(marginal["single_process"] / v - 1, 3) for k, v in marginal.items()}}
 
 
 def synthetic_gallery(root: Path, n: int, shards: int = 2) -> Path:
@@ -124,8 +140,9 @@ def bench_search(gallery: Path, encoder, repeats: int) -> dict:
     rows = []
     try:
         tic = time.perf_counter()
-        url = app.start(app.plan(gallery), port=8799, replicas=1, first_stage=False, shard_cpus=1.0,
-                        encoder_cpus=0.5)
+        cpus = float(os.cpu_count())  # the same cores as the single-process side: the shards split them
+        url = app.start(app.plan(gallery), port=8799, replicas=1, first_stage=False,
+                        shard_cpus=(cpus - 0.5) / len(shards), encoder_cpus=0.4)
         start_s = time.perf_counter() - tic
         for budget in TRAINED_GROUPS:
             local_ms, served_ms, identical = [], [], True
@@ -246,25 +263,29 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=96, help="images per build")
     parser.add_argument("--build-repeats", type=int, default=2)
     parser.add_argument("--n", type=int, default=200_000, help="synthetic gallery size")
-    parser.add_argument("--repeats", type=int, default=15, help="searches per budget and side (3 warm-up)")
+    parser.add_argument("--repeats", type=int, default=12, help="timed searches per budget and side")
     parser.add_argument("--open-n", type=int, default=20_000, help="items of the index both loaders open")
     parser.add_argument("--node-gib", type=float, default=128.0)
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "metaembed-bench-cluster"))
-    parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--parts", default="build,open,search", help="which figures: build, open, search")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     encoder = load_encoder()
     result = {"load_average_start": list(os.getloadavg()), "cpus": os.cpu_count()}
-    if not args.skip_build:
+    parts = set(args.parts.split(","))
+    if "build" in parts:
         result["build"] = bench_build(encoder, args.items, args.build_repeats)
-    tic = time.perf_counter()
-    gallery = synthetic_gallery(workdir, args.n)
-    result["synthetic_write_s"] = round(time.perf_counter() - tic, 1)
-    result["open"] = bench_open(gallery, args.open_n)
-    result["search"] = bench_search(gallery, encoder, args.repeats + 3)
-    result["projection"] = {"node_gib": args.node_gib, "rows": projection(result["search"], args.node_gib)}
+    if parts & {"open", "search"}:
+        tic = time.perf_counter()
+        gallery = synthetic_gallery(workdir, args.n)
+        result["synthetic_write_s"] = round(time.perf_counter() - tic, 1)
+    if "open" in parts:
+        result["open"] = bench_open(gallery, args.open_n)
+    if "search" in parts:
+        result["search"] = bench_search(gallery, encoder, args.repeats + 3)
+        result["projection"] = {"node_gib": args.node_gib, "rows": projection(result["search"], args.node_gib)}
     result["load_average_end"] = list(os.getloadavg())
     print(json.dumps(result))
     return 0

@@ -93,6 +93,15 @@ def check_k(k: Any, n: int, name: str = "k", upper: int = MAX_K) -> int:
     return min(value, n)
 
 
+def check_depth(k: Any, two_stage: bool, k_prime: Any, n: int) -> tuple[int, int | None]:
+    """``(k, k′ or None)`` for a gallery of ``n`` items: k′ only for a two-stage search, and never below k."""
+    k_eff = check_k(k, n)
+    first_stage = check_k(k_prime, n, "k′", MAX_K_PRIME) if two_stage else None
+    if first_stage is not None and first_stage < k_eff:
+        raise ExplorerError(f"k′ ({first_stage}) must be at least k ({k_eff}): the first stage keeps k′ candidates")
+    return k_eff, first_stage
+
+
 def encode_query(session: Session, encoder: MetaEmbedEncoder, query: Query) -> tuple[Any, float, bool]:
     """Query vectors ``(R_q, D)`` from the session cache, else encode (and count it). Returns (vectors, ms, hit)."""
     key = query.key()
@@ -115,10 +124,7 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery, qu
     n = len(index)
     if n == 0:
         raise ExplorerError("the gallery is empty: add images or PDFs in the Gallery tab")
-    k_eff = check_k(k, n)
-    first_stage = check_k(k_prime, n, "k′", MAX_K_PRIME) if two_stage else None
-    if first_stage is not None and first_stage < k_eff:
-        raise ExplorerError(f"k′ ({first_stage}) must be at least k ({k_eff}): the first stage keeps k′ candidates")
+    k_eff, first_stage = check_depth(k, two_stage, k_prime, n)
     start = time.perf_counter()
     vectors, encode_ms, cache_hit = encode_query(session, encoder, query)
     search_start = time.perf_counter()
@@ -166,10 +172,7 @@ def run_served_search(session: Session, served: ServedGallery, query: Query, bud
     n = int(info["count"])
     if n == 0:
         raise ExplorerError("the served gallery is empty")
-    k_eff = check_k(k, n)
-    first_stage = check_k(k_prime, n, "k′", MAX_K_PRIME) if two_stage else None
-    if first_stage is not None and first_stage < k_eff:
-        raise ExplorerError(f"k′ ({first_stage}) must be at least k ({k_eff}): the first stage keeps k′ candidates")
+    k_eff, first_stage = check_depth(k, two_stage, k_prime, n)
     item = query.item()
     answer, round_trip_ms = served.search(item.text, item.image, item.instruction, budget, k_eff, first_stage)
     timings = answer["timings"]

@@ -291,3 +291,23 @@ def test_missing_or_corrupt_shard_is_a_clear_error_at_start(mini_galleries, tmp_
     shutil.rmtree(broken / "shard-001")
     run = start()
     assert run.returncode == 2 and "shard-001" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_explorer_searches_a_served_gallery(served, mini_galleries, tmp_path):
+    from explorer.config import ExplorerConfig
+    from explorer.errors import ExplorerError
+    from explorer.service import Explorer
+
+    explorer = Explorer(ExplorerConfig(serve_url=served, session_root=tmp_path))
+    view = explorer.search("visitor", QUERIES[1], None, "", 8, 16, 3)
+    reference = reference_search(mini_galleries[1], {"text": QUERIES[1], "r_q": 8, "r_c": 16, "k": 3})
+    assert [r["id"] for r in view.results] == [h["id"] for h in reference["hits"]]
+    assert set(view.outcome.figures["per_shard_ms"]) == {"shard-000", "shard-001"}
+    assert "| shard shard-000 |" in view.figures_md and "| shard shard-001 |" in view.figures_md
+    assert all(isinstance(image, Path) for image, _ in view.entries)  # thumbnails via /info's folder
+    again = explorer.search("visitor", QUERIES[1], None, "", 1, 1, 3)
+    assert again.outcome.figures["query_cached"] and again.outcome.compared_to == "(8,16)"
+    with pytest.raises(ExplorerError, match="stay on the search server"):
+        explorer.token_matches("visitor", 1)
+    with pytest.raises(ExplorerError, match="budget out of range"):
+        explorer.search("visitor", "x", None, "", 17, 1, 3)

@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-first-stage", action="store_true", help="do not build FAISS on vector 0 at start")
     parser.add_argument("--verify", action="store_true", help="check every shard's SHA-256 at start (reads all)")
     parser.add_argument("--shard-cpus", type=float, default=1.0, help="CPUs (and scoring threads) per shard replica")
+    parser.add_argument("--encoder-cpus", type=float, default=1.0, help="CPUs (and torch threads) per encoder replica")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -59,9 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         url = app.start(gallery, args.host, args.port, replicas=args.replicas, first_stage=not args.no_first_stage,
-                        shard_cpus=args.shard_cpus)
+                        shard_cpus=args.shard_cpus, encoder_cpus=args.encoder_cpus)
         logger.info("serving %d items in %d shard(s) at %s/search", gallery.count, len(gallery.shards), url)
         stop.wait()
+    except ShardError as err:
+        logger.error("%s", err)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:

@@ -2,8 +2,9 @@
 
 * ``ShardSearcher`` (one deployment per shard, ``num_replicas`` each): the shard's index memory-mapped,
   its scoring kernels compiled and (optionally) its FAISS first stage on vector 0 built at start.
-* ``QueryEncoder``: the gallery's model, loaded once per replica; a query is encoded once per request
-  (and kept in a small LRU, so changing only the budget or k does not encode again).
+* ``QueryEncoder``: the gallery's model, loaded once per replica; a query is encoded once per request.
+  The router keeps the last ``QUERY_CACHE`` queries' vectors, so changing only the budget or k encodes
+  nothing and skips the encoder's round trip.
 * ``Router`` (the HTTP ingress): checks the request (:mod:`metaembed.serve.protocol`), encodes it, fans out
   to every shard at once, retries a shard whose replica died (Serve starts a new one) until
   ``SHARD_RETRY_S``, then answers 503 naming the shard; merges the per-shard top-k exactly.
@@ -46,6 +47,7 @@ APP_NAME = "metaembed"
 SHARD_RETRY_S = 30.0
 MAX_BODY_BYTES = 32 * 1024 * 1024
 QUERY_CACHE = 256
+ROUTER_CPUS = 0.1
 
 
 @dataclass(frozen=True)
@@ -115,20 +117,12 @@ class QueryEncoder:
         if fingerprint is not None and self.encoder.fingerprint() != fingerprint:
             raise ShardError(f"model {model_ref!r} has fingerprint {self.encoder.fingerprint()}, the gallery was "
                              f"built with {fingerprint}")
-        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def encode(self, key: str, item: Item) -> tuple[np.ndarray, float]:
-        """``(R_q, D)`` float32 query vectors and the encode ms (0 when cached)."""
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key], 0.0
+    def encode(self, item: Item) -> tuple[np.ndarray, float]:
+        """``(R_q, D)`` float32 query vectors and the encode ms."""
         tic = time.perf_counter()
         vectors = self.encoder.encode_queries([item])[0].float().numpy()
-        ms = (time.perf_counter() - tic) * 1000
-        self.cache[key] = vectors
-        while len(self.cache) > QUERY_CACHE:
-            self.cache.popitem(last=False)
-        return vectors, ms
+        return vectors, (time.perf_counter() - tic) * 1000
 
 
 class ShardUnavailable(RuntimeError):
@@ -142,6 +136,7 @@ class Router:
     def __init__(self, encoder: Any, shards: list[Any], gallery: GalleryPlan) -> None:
         self.encoder, self.shards, self.gallery = encoder, shards, gallery
         self.names = [s.name for s in gallery.shards]
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     async def __call__(self, request: Request) -> JSONResponse:
         path = request.url.path.rstrip("/") or "/"
@@ -175,7 +170,15 @@ class Router:
 
     async def search(self, search: SearchRequest, item: Item) -> dict[str, Any]:
         started = time.perf_counter()
-        vectors, encode_ms = await self.encoder.encode.remote(search.query_key(), item)
+        key = search.query_key()
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            vectors, encode_ms = self.cache[key], 0.0
+        else:
+            vectors, encode_ms = await self.encoder.encode.remote(item)
+            self.cache[key] = vectors
+            while len(self.cache) > QUERY_CACHE:
+                self.cache.popitem(last=False)
         calls = [self._shard(i, vectors, search) for i in range(len(self.shards))]
         answers = await asyncio.gather(*calls)
         results = [a[0] for a in answers]
@@ -213,11 +216,25 @@ def build(gallery: GalleryPlan, replicas: int = 1, first_stage: bool = True, sha
     encoder = QueryEncoder.options(num_replicas=encoder_replicas or replicas,
                                    ray_actor_options={"num_cpus": encoder_cpus}).bind(
         gallery.model_ref, gallery.fingerprint, max(1, round(encoder_cpus)))
-    return Router.options(ray_actor_options={"num_cpus": 0.1}).bind(encoder, shards, gallery)
+    return Router.options(ray_actor_options={"num_cpus": ROUTER_CPUS}).bind(encoder, shards, gallery)
+
+
+def check_resources(gallery: GalleryPlan, replicas: int = 1, shard_cpus: float = 1.0, encoder_cpus: float = 1.0,
+                    encoder_replicas: int | None = None, **_: Any) -> None:
+    """Refuse plainly when the cluster cannot place every replica (Serve would wait for CPUs for ever)."""
+    need = len(gallery.shards) * replicas * shard_cpus + (encoder_replicas or replicas) * encoder_cpus + ROUTER_CPUS
+    have = float(ray.cluster_resources().get("CPU", 0))
+    largest = max((float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=0.0)
+    if need > have + 1e-9 or max(shard_cpus, encoder_cpus) > largest + 1e-9:
+        raise ShardError(f"{len(gallery.shards)} shards x {replicas} replicas x {shard_cpus} CPUs + the encoder "
+                         f"({encoder_cpus} CPUs each) + the router need {need:g} CPUs, and a replica must fit on one "
+                         f"node; the cluster has {have:g} CPUs, at most {largest:g} per node. Lower --shard-cpus or "
+                         "--replicas, or add nodes")
 
 
 def start(gallery: GalleryPlan, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> str:
     """Deploy on the Ray this process is connected to; returns the base URL once every replica is up."""
+    check_resources(gallery, **options)
     serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
     serve.run(build(gallery, **options), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
