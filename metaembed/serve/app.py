@@ -74,7 +74,6 @@ def plan(directory: str | Path, model: str | None = None, verify: bool = False) 
     """Open every shard (mapped: header and size checked; ``verify`` reads every byte for the SHA-256) and
     read the model: a missing or corrupt shard raises :class:`ShardError` here, before any deployment."""
     directory = Path(directory).resolve()
-    shards = open_shards(directory, verify=verify)
     if is_sharded(directory):
         manifest = read_manifest(directory)
         dirs = [str(directory / spec.index) for spec in manifest["shards"]]
@@ -82,7 +81,9 @@ def plan(directory: str | Path, model: str | None = None, verify: bool = False) 
     elif (directory / INDEX_MANIFEST).is_file():
         dirs, model_ref = [str(directory)], model
     else:
-        raise ShardError(f"{directory} is neither a sharded gallery nor an index directory")
+        raise ShardError(f"{directory} is neither a sharded gallery nor an index directory (to serve an "
+                         "ordinary gallery, pass its index/ folder and --model)")
+    shards = open_shards(directory, verify=verify)
     if not model_ref:
         raise ShardError(f"{directory} records no model; pass --model")
     r_q, _ = token_counts(model_ref)
