@@ -85,3 +85,17 @@ def test_request_validation_messages():
             SearchRequest.from_json(body, 16, 64)
     with pytest.raises(RequestError, match="cannot be used"):
         SearchRequest.from_json({"image": base64.b64encode(b"GIF89a broken").decode()}, 16, 64).item()
+
+
+def test_local_builds_the_explorer_and_the_cli_never_import_ray():
+    """``make demo`` installs no Ray: only the distributed build and the server import it, lazily."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, explorer.service, index_builder.cli, index_builder.distributed, metaembed.serve.protocol; "
+            "print('ray' in sys.modules)")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=True,
+                         env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert out.stdout.strip() == "False"
