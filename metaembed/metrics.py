@@ -69,3 +69,24 @@ def mmeb_precision_at_1(scores: torch.Tensor) -> float:
     if scores.numel() == 1:
         return 1.0
     return float(bool(scores[0] > scores[1:].max()))
+
+
+#: A candidate vector "wins" when it takes at least this share of the MaxSim matches.
+MATCH_SHARE_FLOOR = 0.01
+
+
+def match_spread(counts: torch.Tensor) -> dict[str, float]:
+    """How MaxSim maxima spread over candidate vectors, from per-vector win counts (``scoring.match_counts``).
+
+    A model whose matches all land on one vector has a budget that buys nothing; these figures show it
+    without looking at heatmaps: the number of vectors winning >= 1 % of the matches, the entropy of the
+    win distribution in bits (log2(r_c) when uniform, 0 when one vector wins all) and the largest share.
+    """
+    total = float(counts.sum())
+    if total == 0:
+        return {"vectors_over_1pct": 0, "entropy_bits": 0.0, "top_share": 0.0, "matches": 0}
+    shares = counts.double() / total
+    nonzero = shares[shares > 0]
+    return {"vectors_over_1pct": int((shares >= MATCH_SHARE_FLOOR).sum()),
+            "entropy_bits": float(-(nonzero * nonzero.log2()).sum()), "top_share": float(shares.max()),
+            "matches": int(total)}

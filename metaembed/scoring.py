@@ -168,3 +168,10 @@ def token_matches(query: torch.Tensor, candidate: torch.Tensor, budget: Budget) 
     sim = query[: budget.r_q].to(torch.float32) @ candidate[: budget.r_c].to(torch.float32).T
     contributions, best = sim.max(dim=1)  # first maximal index on ties
     return TokenMatch(sim, best, contributions, float(contributions.sum()))
+
+
+def match_counts(query: torch.Tensor, candidates: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """``(r_c,)`` how many of the query's ``r_q`` vectors have their MaxSim maximum on each candidate vector,
+    summed over ``candidates`` ``(n, R_c, D)`` (ties to the lower index, as in :func:`token_matches`)."""
+    sim = torch.einsum("id,njd->nij", query[: budget.r_q].float(), candidates[:, : budget.r_c].float())
+    return torch.bincount(sim.argmax(-1).flatten(), minlength=budget.r_c)

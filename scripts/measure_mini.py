@@ -1,12 +1,12 @@
-"""Measure MetaEmbed-Mini and its two ablations on the four eval sets; write the README's table and chart.
+"""Measure MetaEmbed-Mini and its two ablations on the five eval sets; write the README's table and chart.
 
-    # full sweep: 3 models x 5 budgets x {tux-t2i, tux-i2t, fmnist-cls, rdocs} + BM25 / MiniLM / LiT rows
+    # full sweep: 3 models x 5 budgets x {tux-t2i, tux-i2t, fmnist-cls, rdocs, tux-scenes} + baseline rows
     python scripts/measure_mini.py baselines          # -> benchmarks/results/baselines.json
     python scripts/measure_mini.py sweep              # -> benchmarks/results/mini-{mmr,no-mmr,single-vector}.json
     python scripts/measure_mini.py report             # -> benchmarks/results/mini.{md,json,png,html}
     # the fixed small subset the quality test re-runs (records assets/metaembed-mini/eval_subset.json)
     python scripts/measure_mini.py subset
-    # model / recipe selection: the held-out Open Clip Art dev sets only (never the test sets)
+    # model / recipe selection: the dev sets only (never the test sets)
     python scripts/measure_mini.py dev --models assets/metaembed-mini runs/other/model
 
 The three models share one frozen EfficientNet, so image features are computed once and reused
@@ -37,10 +37,14 @@ from metaembed.models.mini import load_feature_cache, save_feature_cache  # noqa
 
 logger = logging.getLogger("measure_mini")
 
-SETS = ("tux-t2i", "tux-i2t", "fmnist-cls", "rdocs")
+SETS = ("tux-t2i", "tux-i2t", "fmnist-cls", "rdocs", "tux-scenes")
 SET_PATHS = {"tux-t2i": "tux-t2i", "tux-i2t": "tux-i2t/tux-i2t.jsonl", "fmnist-cls": "fmnist-cls/fmnist-cls.jsonl",
-             "rdocs": "rdocs", "oca-dev-t2i": "oca-dev-t2i", "oca-dev-i2t": "oca-dev-i2t/oca-dev-i2t.jsonl"}
-DEV_SETS = ("oca-dev-t2i", "oca-dev-i2t")
+             "rdocs": "rdocs", "tux-scenes": "tux-scenes", "oca-dev-t2i": "oca-dev-t2i",
+             "oca-dev-i2t": "oca-dev-i2t/oca-dev-i2t.jsonl", "oca-dev-scenes": "oca-dev-scenes", "docs-dev": "docs-dev"}
+DEV_SETS = ("oca-dev-t2i", "oca-dev-i2t", "oca-dev-scenes", "docs-dev")
+#: Text-only baselines apply to the page sets; LiT (image-text) to the others.
+TEXT_SETS = ("rdocs", "docs-dev")
+TEXT_BASELINES = ("bm25", "minilm", "chunked-minilm")
 #: The shipped model and its two ablations, trained identically (configs/mini*.yaml: same data, steps, seed).
 MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
           "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
@@ -55,25 +59,34 @@ def main_metric(report: dict[str, Any]) -> str:
 
 
 def sweep_model(model: MetaEmbedEncoder, data_root: Path, sets: tuple[str, ...] = SETS) -> dict[str, Any]:
-    """{set: report dict} over every trained budget the model has (a single-vector model: (1,1) only)."""
+    """{set: report dict} over every trained budget the model has (a single-vector model: (1,1) only).
+
+    BEIR sets with page text also record ``text_cut_share``: the share of corpus texts the encoder could
+    not read whole (Mini reads up to ``max_windows`` windows of ``text_window`` word pieces).
+    """
     budgets = [b for b in TRAINED_GROUPS if b.r_q <= model.num_query_tokens and b.r_c <= model.num_candidate_tokens]
     out = {}
     for name in sets:
-        report = evaluate(model, load_eval_set(data_root / SET_PATHS[name]), budgets=budgets, batch_size=32)
+        data = load_eval_set(data_root / SET_PATHS[name])
+        report = evaluate(model, data, budgets=budgets, batch_size=32)
         out[name] = report.to_dict()
+        coverage = getattr(model, "text_coverage", None)
+        texts = [c.to_item() for c in getattr(data, "corpus", []) if c.text]
+        if coverage is not None and texts:
+            out[name]["text_cut_share"] = sum(read < total for read, total in map(coverage, texts)) / len(texts)
         logger.info("%s %s: %s", model.name, name,
                     {r["label"]: round(r["metrics"][report.main_metric], 4) for r in out[name]["results"]})
     return out
 
 
-def baselines(data_root: Path, cache: Path) -> dict[str, dict[str, Any]]:
-    """BM25 (text sets), off-the-shelf MiniLM and the LiT-style baseline, same splits, same run."""
+def baselines(data_root: Path, cache: Path, sets: tuple[str, ...] = SETS) -> dict[str, dict[str, Any]]:
+    """BM25, MiniLM and chunked MiniLM on the page sets, the LiT-style baseline on the others; same splits."""
     from metaembed.baselines.__main__ import run
 
     rows: dict[str, dict[str, Any]] = {}
-    for name in SETS:
-        # BM25 and MiniLM are text-only (they cannot see an image); LiT is the image-text floor.
-        for baseline in ("bm25", "minilm") if name == "rdocs" else ("lit",):
+    for name in sets:
+        # BM25 and (chunked) MiniLM are text-only (they cannot see an image); LiT is the image-text floor.
+        for baseline in TEXT_BASELINES if name in TEXT_SETS else ("lit",):
             args = argparse.Namespace(data=str(data_root / SET_PATHS[name]), format=None, limit=None, baseline=baseline,
                                       cache=str(cache), config=None, retrain=False)
             report = run(args)
@@ -89,70 +102,108 @@ def write_baselines(data_root: Path, cache: Path, out: Path) -> dict[str, dict[s
     return base
 
 
-def headline(report: dict[str, Any], budget: Budget | None) -> float:
-    """The set's main metric at ``budget`` (None = the report's only row), in points."""
+def headline(report: dict[str, Any], budget: Budget | None, label: str | None = None) -> float:
+    """The set's main metric at ``budget`` (or the row ``label``; neither = the report's only row), in points."""
     metric = report["main_metric"]
     for row in report["results"]:
-        if budget is None or (row["r_q"], row["r_c"]) == (budget.r_q, budget.r_c):
+        if (label is not None and row.get("label") == label) or (
+                label is None and (budget is None or (row["r_q"], row["r_c"]) == (budget.r_q, budget.r_c))):
             return 100.0 * row["metrics"][metric]
-    raise KeyError(f"no row for {budget} in {report['data']}")
-
-
-def markdown_table(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> str:
-    """Rows = model @ budget, columns = eval sets (main metric, in points)."""
-    header = "| model | budget | " + " | ".join(f"{s} ({_metric_name(s)})" for s in SETS) + " | avg |"
-    lines = [header, "|" + "---|" * (len(SETS) + 3)]
-    for model, per_set in results.items():
-        budgets = [Budget(r["r_q"], r["r_c"]) for r in next(iter(per_set.values()))["results"]]
-        for budget in budgets:
-            vals = [headline(per_set[s], budget) for s in SETS]
-            lines.append(f"| MetaEmbed-Mini {LABELS[model]} | {budget} | " + " | ".join(f"{v:.1f}" for v in vals)
-                         + f" | {sum(vals) / len(vals):.1f} |")
-    for name, per_set in base.items():
-        vals = [f"{headline(per_set[s], None):.1f}" if s in per_set else "–" for s in SETS]
-        lines.append(f"| {name} baseline | single | " + " | ".join(vals) + " | |")
-    return "\n".join(lines) + "\n"
-
-
-def _metric_name(name: str) -> str:
-    return {"tux-t2i": "nDCG@5", "rdocs": "nDCG@5"}.get(name, "P@1")
-
-
-def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's five targets, each with the measured figures and a pass flag."""
-    mmr, nommr, single = results["mmr"], results["no-mmr"], results["single-vector"]
-    full, one = Budget(16, 64), Budget(1, 1)
-    curves = {s: [headline(mmr[s], b) for b in TRAINED_GROUPS] for s in SETS}
-    monotone = {s: all(b >= a - 0.5 for a, b in zip(v, v[1:])) for s, v in curves.items()}
-    gap = sum(headline(mmr[s], one) - headline(nommr[s], one) for s in SETS) / len(SETS)
-    vs_single = {s: headline(mmr[s], full) - headline(single[s], one) for s in SETS}
-    tux_r1 = 100 * _row(mmr["tux-t2i"], full)["metrics"]["recall@1"]
-    lit_r1 = 100 * base["lit"]["tux-t2i"]["results"][0]["metrics"]["recall@1"]
-    rdocs = headline(mmr["rdocs"], full)
-    rdocs_base = max(headline(base["bm25"]["rdocs"], None), headline(base["minilm"]["rdocs"], None))
-    return {
-        "1_non_decreasing": {"curves": curves, "pass": all(monotone.values()), "per_set": monotone},
-        "2_mmr_vs_nommr_at_1x1": {"avg_gap_points": gap, "pass": gap >= 3.0},
-        "3_beats_single_vector_at_16x64": {"gaps": vs_single, "pass": all(v > 0 for v in vs_single.values())},
-        "4_tux_t2i_r1_vs_lit": {"mmr_r1": tux_r1, "lit_r1": lit_r1, "ratio": tux_r1 / max(lit_r1, 1e-9),
-                                "pass": tux_r1 >= 2 * lit_r1},
-        "5_rdocs_vs_text_baselines": {"mmr": rdocs, "best_baseline": rdocs_base, "pass": rdocs >= rdocs_base},
-    }
+    raise KeyError(f"no row for {label or budget} in {report['data']}")
 
 
 def _row(report: dict[str, Any], budget: Budget) -> dict[str, Any]:
     return next(r for r in report["results"] if (r["r_q"], r["r_c"]) == (budget.r_q, budget.r_c))
 
 
+def baseline_rows(base: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, float]]]:
+    """(name, row label, {set: points}) for every baseline row; chunked MiniLM has one row per r."""
+    out = []
+    for name, per_set in base.items():
+        labels = dict.fromkeys(r.get("label") or "single" for report in per_set.values() for r in report["results"])
+        for label in labels:
+            out.append((name, label, {s: headline(rep, None, label) for s, rep in per_set.items()
+                                      if any((r.get("label") or "single") == label for r in rep["results"])}))
+    return out
+
+
+def markdown_table(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]],
+                   sets: tuple[str, ...] = SETS) -> str:
+    """Rows = model @ budget, columns = eval sets (main metric, in points)."""
+    header = "| model | budget | " + " | ".join(f"{s} ({_metric_name(s)})" for s in sets) + " | avg |"
+    lines = [header, "|" + "---|" * (len(sets) + 3)]
+    for model, per_set in results.items():
+        budgets = [Budget(r["r_q"], r["r_c"]) for r in next(iter(per_set.values()))["results"]]
+        for budget in budgets:
+            vals = [headline(per_set[s], budget) for s in sets]
+            lines.append(f"| MetaEmbed-Mini {LABELS.get(model, model)} | {budget} | "
+                         + " | ".join(f"{v:.1f}" for v in vals) + f" | {sum(vals) / len(vals):.1f} |")
+    for name, label, vals in baseline_rows(base):
+        cells = [f"{vals[s]:.1f}" if s in vals else "–" for s in sets]
+        lines.append(f"| {name} baseline | {label} | " + " | ".join(cells) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def spread_table(results: dict[str, dict[str, Any]], sets: tuple[str, ...] = SETS) -> str:
+    """Candidate vectors winning >= 1 % of the MaxSim matches (and entropy, bits) per set and budget."""
+    lines = ["| model | budget | " + " | ".join(sets) + " |", "|" + "---|" * (len(sets) + 2)]
+    for model, per_set in results.items():
+        for row in next(iter(per_set.values()))["results"]:
+            budget = Budget(row["r_q"], row["r_c"])
+            cells = []
+            for s in sets:
+                spread = _row(per_set[s], budget).get("match_spread") or {}
+                cells.append(f"{spread.get('vectors_over_1pct', 0)}/{budget.r_c} ({spread.get('entropy_bits', 0):.2f})")
+            lines.append(f"| {LABELS.get(model, model)} | {budget} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_name(name: str) -> str:
+    return "P@1" if name in ("tux-i2t", "fmnist-cls", "oca-dev-i2t") else "nDCG@5"
+
+
+def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]],
+            previous: dict[str, Any]) -> dict[str, Any]:
+    """The model issue's targets 1-6 (7, encoding speed, is benchmarks/bench_encode.py), with figures and flags.
+
+    ``previous`` is the sweep of the model v2 replaces (benchmarks/results/mini-v1-mmr.json).
+    """
+    mmr, nommr, single = results["mmr"], results["no-mmr"], results["single-vector"]
+    full, one = Budget(16, 64), Budget(1, 1)
+    chunked = base["chunked-minilm"]["rdocs"]
+    rdocs = {"1x1": headline(mmr["rdocs"], one), "16x64": headline(mmr["rdocs"], full),
+             "chunked_r1": headline(chunked, None, "r=1"), "chunked_r64": headline(chunked, None, "r=64")}
+    scenes = {"1x1": headline(mmr["tux-scenes"], one), "16x64": headline(mmr["tux-scenes"], full),
+              "single_vector": headline(single["tux-scenes"], one)}
+    curves = {s: [headline(mmr[s], b) for b in TRAINED_GROUPS] for s in SETS}
+    monotone = {s: all(v >= max(c[:i + 1]) - 0.5 for i, v in enumerate(c)) for s, c in curves.items()}
+    gaps = {s: headline(mmr[s], one) - headline(nommr[s], one) for s in SETS}
+    spread = {s: _row(mmr[s], full)["match_spread"]["vectors_over_1pct"] for s in ("rdocs", "tux-scenes")}
+    kept = {s: headline(mmr[s], full) - headline(previous[s], full) for s in ("tux-t2i", "tux-i2t", "fmnist-cls")}
+    return {
+        "1_rdocs_vs_chunked_minilm": {**rdocs, "pass": rdocs["1x1"] >= rdocs["chunked_r1"]
+                                      and rdocs["16x64"] >= rdocs["chunked_r64"]
+                                      and rdocs["16x64"] - rdocs["1x1"] >= 10},
+        "2_tux_scenes_budget_and_single_vector": {**scenes, "pass": scenes["16x64"] - scenes["1x1"] >= 5
+                                                  and scenes["16x64"] >= scenes["single_vector"] + 3},
+        "3_non_decreasing": {"curves": curves, "per_set": monotone, "pass": all(monotone.values())},
+        "4_mmr_vs_nommr_at_1x1": {"gaps": gaps, "avg_gap_points": sum(gaps.values()) / len(gaps),
+                                  "pass": sum(gaps.values()) / len(gaps) >= 3.0},
+        "5_match_spread_at_16x64": {"vectors_over_1pct": spread, "pass": all(v >= 16 for v in spread.values())},
+        "6_image_sets_vs_previous_model_at_16x64": {"differences": kept, "pass": all(v >= -1 for v in kept.values())},
+    }
+
+
 def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], out: Path) -> list[Path]:
-    """Quality vs budget, one panel per eval set; ablations and baselines as markers / lines."""
+    """Quality vs budget, one panel per eval set; ablations and baselines as lines (chunked MiniLM per r)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(SETS), subplot_titles=[f"{s} ({_metric_name(s)})" for s in SETS])
     labels = [str(b) for b in TRAINED_GROUPS]
     colors = {"mmr": "#1f77b4", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
-              "minilm": "#9467bd", "lit": "#d62728"}
+              "minilm": "#9467bd", "lit": "#d62728", "chunked-minilm": "#8c564b"}
+    rows_of = baseline_rows(base)
     shown: set[str] = set()  # one legend entry per series, even for baselines that appear in one panel only
     for col, name in enumerate(SETS, start=1):
         for model, per_set in results.items():
@@ -164,13 +215,17 @@ def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], ou
                                      mode="lines+markers" if len(rows) > 1 else "lines",
                                      line={"color": colors[model], "dash": "solid" if len(rows) > 1 else "dot"}),
                           row=1, col=col)
-        for baseline, per_set in base.items():
-            if name in per_set:
-                fig.add_trace(go.Scatter(x=labels, y=[headline(per_set[name], None)] * len(labels), name=baseline,
-                                         legendgroup=baseline, showlegend=baseline not in shown, mode="lines",
-                                         line={"color": colors[baseline], "dash": "dash"}), row=1, col=col)
-                shown.add(baseline)
-    fig.update_layout(width=1500, height=420, title="MetaEmbed-Mini: quality vs budget (r_q, r_c)")
+        for baseline in base:
+            values = [vals[name] for b, _, vals in rows_of if b == baseline and name in vals]
+            if not values:
+                continue
+            # chunked MiniLM has one row per candidate budget r_c = 1, 4, 8, 16, 64: drawn against the groups
+            y = values if len(values) == len(labels) else values * len(labels)
+            fig.add_trace(go.Scatter(x=labels, y=y, name=baseline, legendgroup=baseline,
+                                     showlegend=baseline not in shown, mode="lines+markers" if len(values) > 1
+                                     else "lines", line={"color": colors[baseline], "dash": "dash"}), row=1, col=col)
+            shown.add(baseline)
+    fig.update_layout(width=1700, height=420, title="MetaEmbed-Mini: quality vs budget (r_q, r_c)")
     written = []
     html = out.with_suffix(".html")
     fig.write_html(str(html), include_plotlyjs="cdn")
@@ -184,7 +239,7 @@ def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], ou
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Evaluate each named model on the four sets; one JSON per model (runs can happen as models finish)."""
+    """Evaluate each named model on the five sets; one JSON per model (runs can happen as models finish)."""
     data_root, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_file = Path(args.feature_cache)
@@ -200,20 +255,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Table, chart and the five targets from the per-model JSONs and baselines.json."""
+    """Tables, chart and the targets from the per-model JSONs, baselines.json and the previous model's sweep."""
     out = Path(args.out)
     results = {name: json.loads((out / f"mini-{name}.json").read_text()) for name in MODELS}
     base = json.loads((out / "baselines.json").read_text())
+    previous = json.loads((out / "mini-v1-mmr.json").read_text())
     summary = {"commands": ["python scripts/measure_mini.py baselines",
                             "python scripts/measure_mini.py sweep --models mmr no-mmr single-vector",
                             "python scripts/measure_mini.py report"],
-               "targets": targets(results, base)}
+               "targets": targets(results, base, previous),
+               "text_cut_share": {s: results["mmr"][s].get("text_cut_share") for s in SETS
+                                  if "text_cut_share" in results["mmr"][s]}}
     (out / "mini.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    table = markdown_table(results, base)
+    table = markdown_table(results, base) + "\n" + spread_table(results)
     (out / "mini.md").write_text(table)
     plot(results, base, out / "mini")
     print(table)
-    print(json.dumps(summary["targets"], default=str))
+    print(json.dumps(summary, default=str))
     return 0
 
 
@@ -249,16 +307,21 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Recipe choices are made here, on Open Clip Art's held-out dev split, never on the test sets."""
+    """Recipe choices are made here, on the dev sets (held-out Open Clip Art clips, a held-out train
+    manual), never on the test sets. Prints the main metric and the match spread per set and budget."""
     cache_file = Path(args.feature_cache)
     cache = load_feature_cache(cache_file)
-    figures = {}
+    sets = tuple(args.sets)
+    results, figures = {}, {}
     for path in args.models:
         model = load_encoder(path, device="cpu")
         model.enable_feature_cache(cache)
-        figures[path] = points(sweep_model(model, Path(args.data), DEV_SETS))
+        results[path] = sweep_model(model, Path(args.data), sets)
+        figures[path] = points(results[path])
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         save_feature_cache(cache, cache_file)
+    base = baselines(Path(args.data), Path(args.cache), sets) if args.baselines else {}
+    print(markdown_table(results, base, sets) + "\n" + spread_table(results, sets))
     print(json.dumps(figures))
     return 0
 
@@ -266,25 +329,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sweep = sub.add_parser("sweep", help="5 budgets x 4 sets for the named models (one JSON each)")
+    sweep = sub.add_parser("sweep", help="5 budgets x 5 sets for the named models (one JSON each)")
     sweep.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     sweep.add_argument("--data", default=str(REPO / "data" / "eval"), help="from python -m metaembed.datasets build")
     sweep.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    sweep.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "eval-192-g3.safetensors"),
+    sweep.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "eval-192-g6.safetensors"),
                        help="frozen EfficientNet features of the eval images, shared by the three models")
     report = sub.add_parser("report", help="table + chart + targets from the sweep's JSON files")
     report.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    base = sub.add_parser("baselines", help="BM25 / MiniLM / LiT rows only (benchmarks/results/baselines.json)")
+    base = sub.add_parser("baselines", help="baseline rows only (benchmarks/results/baselines.json)")
     base.add_argument("--data", default=str(REPO / "data" / "eval"))
     base.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     base.add_argument("--cache", default=os.environ.get("METAEMBED_CACHE", "data/cache"), help="LiT baseline cache")
     subset = sub.add_parser("subset", help="record the quality test's subset figures for the shipped model")
     subset.add_argument("--model", default=None)
     subset.add_argument("--output", default=str(SUBSET_FILE))
-    dev = sub.add_parser("dev", help="main metric per budget on the held-out Open Clip Art dev sets")
+    dev = sub.add_parser("dev", help="main metric and match spread per budget on the dev sets")
     dev.add_argument("--models", nargs="+", required=True, help="model folders (safetensors + JSON config)")
+    dev.add_argument("--sets", nargs="+", choices=DEV_SETS, default=list(DEV_SETS))
+    dev.add_argument("--baselines", action="store_true", help="also the baseline rows on these dev sets")
     dev.add_argument("--data", default=str(REPO / "data" / "eval"))
-    dev.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "dev-192-g3.safetensors"))
+    dev.add_argument("--cache", default=os.environ.get("METAEMBED_CACHE", "data/cache"), help="LiT baseline cache")
+    dev.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "dev-192-g6.safetensors"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -113,20 +113,23 @@ def test_meta_token_layout_is_causal(model: MiniMetaEmbed) -> None:
 
 def test_candidate_attention_is_the_last_layers_and_changes_nothing(model: MiniMetaEmbed, photos) -> None:
     """The public attention API: shapes, rows summing to at most 1, spans that map onto the text, the encoder's
-    outputs unchanged, and the same weights as an independent recomputation from the last layer's input."""
+    outputs unchanged, the same weights as an independent recomputation from the last layer's projections,
+    and the readout regions (what each vector pools) over the same units."""
     item = Item(image=photos[1], text="A cat sleeping on a red mat", instruction="Represent the given image.")
     before = model.encode_candidates([item])
     attention = model.candidate_attention(item)
-    captured = []  # the last layer's input, taken with a forward hook while the encoder encodes normally
     last = model.lm.encoder.layer[-1].attention.self
-    handle = last.query.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
+    queries, keys = [], []  # the last layer's projections, taken with hooks while the encoder encodes normally
+    handles = [last.query.register_forward_hook(lambda module, args, out: queries.append(out)),
+               last.key.register_forward_hook(lambda module, args, out: keys.append(out))]
     try:
         after = model.encode_candidates([item])
     finally:
-        handle.remove()
-    assert torch.equal(before, after) and "_layer" not in vars(model)
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(before, after)
 
-    r_c, grid = model.num_candidate_tokens, int(model.config["visual_grid"])
+    r_c, grid = model.num_candidate_tokens, model.grid
     assert attention.visual.shape == (r_c, grid, grid) and attention.canvas.size == (model.image_size,) * 2
     assert attention.text.shape == (r_c, len(attention.tokens)) and len(attention.spans) == len(attention.tokens)
     total = attention.visual.sum(dim=(1, 2)) + attention.text.sum(dim=1)
@@ -135,23 +138,34 @@ def test_candidate_attention_is_the_last_layers_and_changes_nothing(model: MiniM
     assert [t.removeprefix("##") for t in attention.tokens] == [w.lower() for w in words]
     assert " ".join(words) == item.text  # every word of the text, none of the instruction
 
-    x, q = captured[-1]
-    heads, length = model.num_heads, x.shape[1]
-    q = q.view(1, length, heads, -1).transpose(1, 2)
-    k = last.key(x).view(1, length, heads, -1).transpose(1, 2)
-    probs = ((q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5))[0, :, -r_c:]  # (heads, R_c, L): Meta Token rows
-    n_in = length - r_c
-    seen = torch.ones(r_c, length, dtype=torch.bool)  # Meta Token i sees every input and Meta Tokens 0..i
+    # Calls in order: the input stream (one window), then the Meta stream (the candidate Meta Tokens).
+    (_, q_meta), (k_in, k_meta) = queries, keys
+    heads = model.num_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(1, t.shape[1], heads, -1).transpose(1, 2)
+
+    q, k = split(q_meta), torch.cat([split(k_in), split(k_meta)], dim=2)
+    n_in = k_in.shape[1]
+    seen = torch.ones(r_c, n_in + r_c, dtype=torch.bool)  # Meta Token i sees every input and Meta Tokens 0..i
     seen[:, n_in:] = torch.ones(r_c, r_c, dtype=torch.bool).tril()
-    probs = probs.masked_fill(~seen, float("-inf")).softmax(-1).mean(0)
+    probs = ((q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5))[0].masked_fill(~seen, float("-inf"))
+    probs = probs.softmax(-1).mean(0)
     n_text = len(attention.tokens)  # [CLS] visual instruction text [SEP]: the text ends just before [SEP]
     torch.testing.assert_close(attention.visual.flatten(1), probs[:, 1:1 + grid * grid], atol=1e-5, rtol=0)
     torch.testing.assert_close(attention.text, probs[:, n_in - 1 - n_text:n_in - 1], atol=1e-5, rtol=0)
+    # A captioned picture's vectors pool regions of its visual grid.
+    assert attention.readout_units == "visual" and attention.readout.shape == (r_c, grid * grid)
 
     text_only = model.candidate_attention(Item(text="trousers and a coat"))
     assert text_only.visual is None and text_only.canvas is None and text_only.text.shape[0] == r_c
     picture_only = model.candidate_attention(Item(image=photos[0]))
     assert picture_only.tokens == [] and picture_only.text.shape == (r_c, 0)
+    page_text = " ".join(f"Sentence number {n} of a long manual page about data frames." for n in range(90))
+    page = model.candidate_attention(Item(image=photos[2], text=page_text, instruction="Represent the given page."))
+    assert len(page.tokens) == model.text_coverage(Item(text=page_text))[1] > model.text_window  # every window
+    assert page.readout_units == "text" and page.readout.shape == (r_c, len(page.tokens))
+    assert page_text[page.spans[-1][0]:page.spans[-1][1]] == "."
 
 
 def test_feature_cache_gives_identical_vectors(model: MiniMetaEmbed, photos) -> None:
@@ -199,28 +213,87 @@ def test_unknown_config_key_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"mean_residual": "some"}, "mean_residual must be all, first or none"),
+    ({"candidate_residual": "some"}, "candidate_residual must be one of regions, whole, first, none"),
     ({"meta_layers": 3, "visual_layer": 4}, "join before the visual tokens"),
+    ({"text_window": 480}, "leaves no room"),
 ])
 def test_bad_layouts_are_rejected(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MiniMetaEmbed.from_config({"num_query_tokens": 4, "num_candidate_tokens": 8, "visual_layer": 4, **change})
 
 
-def test_mean_residual_first_touches_vector_zero_only(model: MiniMetaEmbed, photos) -> None:
-    """"first": vector 0 is the "all" readout's (pooled prior kept at (1,1)), the others the plain Meta states."""
+def test_residual_modes(model: MiniMetaEmbed, photos) -> None:
+    """"first" is "whole" on vector 0 and "none" elsewhere; "regions" starts every vector from its own region."""
     items = _items(photos)[2:5]
-    saved = model.config["mean_residual"]
+    saved = model.config["candidate_residual"]
     try:
         out = {}
-        for mode in ("all", "first", "none"):
-            model.config["mean_residual"] = mode
+        for mode in ("whole", "first", "none", "regions"):
+            model.config["candidate_residual"] = mode
             out[mode] = model.encode_candidates(items)
     finally:
-        model.config["mean_residual"] = saved
-    torch.testing.assert_close(out["first"][:, 0], out["all"][:, 0])
+        model.config["candidate_residual"] = saved
+    torch.testing.assert_close(out["first"][:, 0], out["whole"][:, 0])
     torch.testing.assert_close(out["first"][:, 1:], out["none"][:, 1:])
-    assert not torch.allclose(out["all"][:, 1:], out["none"][:, 1:], atol=1e-3)
+    torch.testing.assert_close(out["regions"][:, 0], out["whole"][:, 0])  # region 0 is the whole content
+    assert not torch.allclose(out["whole"][:, 1:], out["none"][:, 1:], atol=1e-3)
+    # whole: every vector is the same mean plus a small Meta term, so the vectors are near copies; regions differ
+    pairwise = {m: (out[m] @ out[m].transpose(1, 2)).mean().item() for m in ("whole", "regions")}
+    assert pairwise["regions"] < pairwise["whole"] - 0.05, pairwise
+
+
+def test_regions_are_what_a_vector_pools(model: MiniMetaEmbed) -> None:
+    """With the Meta gate at zero, vector j is the normalised mean state over text region j: the first third
+    of a page and its last third give different vectors, and the page's end is read (no truncation)."""
+    from metaembed.models.regions import text_regions
+
+    head = " ".join(["Linear models are fitted with lm and summarised with summary."] * 40)
+    tail = " ".join(["Packages are installed from CRAN with install.packages."] * 40)
+    page = Item(text=f"{head} {tail}")
+    read, total = model.text_coverage(page)
+    assert read == total > model.text_window, "a page longer than one window is read whole"
+    saved = model.meta_gate.detach().clone()
+    try:
+        with torch.no_grad():
+            model.meta_gate.zero_()
+        vectors = model.encode_candidates([page, Item(text=head), Item(text=tail)])
+    finally:
+        with torch.no_grad():
+            model.meta_gate.copy_(saved)
+    assert text_regions(4)[1:] == ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0))
+    first, last = vectors[0, 1], vectors[0, 3]
+    assert float(first @ vectors[1, 0]) > float(first @ vectors[2, 0])  # the first third reads like the head
+    assert float(last @ vectors[2, 0]) > float(last @ vectors[1, 0])  # the last third like the tail
+
+
+def test_region_weights_cover_every_unit_and_nest() -> None:
+    from metaembed.models.regions import image_weights, text_weights
+
+    for weights in (text_weights(64, 700), text_weights(64, 3), image_weights(64, 6)):
+        torch.testing.assert_close(weights.sum(1), torch.ones(64))
+        assert (weights.sum(0) > 0).all(), "every token / visual cell belongs to some region"
+    # The trained budgets add whole levels: r_c = 4 holds the whole text and its thirds, 8 adds quarters.
+    text = text_weights(64, 12)
+    torch.testing.assert_close(text[1:4].sum(0) / 3, text[0])
+    torch.testing.assert_close(text[4:8].sum(0) / 4, text[0])
+    grid = image_weights(64, 6)
+    torch.testing.assert_close(grid[1:5].sum(0) / 4, grid[0])  # the 2x2 quadrants tile the image
+
+
+def test_training_state_cache_matches_uncached(model: MiniMetaEmbed, photos) -> None:
+    items = _items(photos)
+    model.train()
+    plain = model.embed(items, "candidate").detach()
+    model.state_cache = {}
+    try:
+        first = model.embed(items, "candidate").detach()
+        assert model.state_cache, "the frozen lower-layer states of each window are cached while training"
+        cached = model.embed(items, "candidate").detach()
+    finally:
+        model.state_cache = None
+        model.eval()
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=0)
+    assert (cached - plain).abs().max().item() < 1e-2  # states are cached in float16
 
 
 def test_shipped_checkpoint_loads_offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,8 +317,8 @@ def test_training_smoke_with_the_shipped_config(tmp_path: Path) -> None:
 
     raw = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
     for entry in raw["data"]:
-        entry.update({"fmnist_cls": {"per_class": 2}, "manuals_pages": {"max_pages": 1, "per_page": 1}}.get(
-            entry["name"], {"limit": 6}))
+        entry.update({"fmnist_cls": {"per_class": 2}, "manuals_pages": {"max_pages": 1, "per_page": 1},
+                      "scenes_t2i": {"canvases": 6}}.get(entry["name"], {"limit": 6}))
     raw["model"]["feature_cache"] = str(tmp_path / "features.safetensors")
     raw.update(steps=2, batch_size=6, output_dir=str(tmp_path / "model"), log_file=str(tmp_path / "log.jsonl"),
                checkpoint_dir=None, checkpoint_every=0)

