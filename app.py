@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from explorer import scale  # noqa: E402
 from explorer.config import ExplorerConfig  # noqa: E402
 from explorer.errors import ExplorerError  # noqa: E402
-from explorer.search import MAX_K  # noqa: E402
+from explorer.search import FIND, MAX_K  # noqa: E402
 from explorer.service import DEMO, OWN, Explorer  # noqa: E402
 from metaembed.budget import DEFAULT_R_C, DEFAULT_R_Q, TRAINED_GROUPS  # noqa: E402
 from metaembed.datasets.build import build as build_eval_sets  # noqa: E402
@@ -114,28 +114,36 @@ class SearchTab:
     results: gr.Gallery
 
 
-def search_tab(explorer: Explorer, max_r_q: int, max_r_c: int) -> SearchTab:
+def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) -> SearchTab:
     """Query, budget sliders and presets, top-k and mode -> results, live figures and the ranking change."""
 
-    def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, request: gr.Request):
+    def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, request: gr.Request):
         with friendly():
             view = explorer.search(_sid(request), text, image, instruction, r_q, r_c, k, mode == "two-stage",
-                                   k_prime)
+                                   k_prime, find)
         return view.entries, view.figures_md, view.diff_md, view.results, view.outcome.figures
 
-    def do_preset(preset, text, image, instruction, k, mode, k_prime, request: gr.Request):
+    def do_preset(preset, text, image, instruction, k, mode, k_prime, find, request: gr.Request):
         # Gradio has already checked that ``preset`` is one of PRESETS (the Radio's choices).
         r_q, r_c = (int(v) for v in preset.strip("()").split(","))
-        return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, request))
+        return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, request))
+
+    def do_instructions(text, image, instruction, find, request: gr.Request):
+        return "Instruction — " + explorer.active_instructions(_sid(request), text, image is not None, instruction,
+                                                                find)
 
     with gr.Tab("Search", id="search"):
         with gr.Row():
             with gr.Column(scale=2):
                 text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch", elem_id="query")
+                find = gr.Radio(list(FIND), value="both", label="Find", elem_id="find",
+                                info="each kind is searched with its own trained instruction; scores merge")
+                active = gr.Markdown(elem_id="active-instruction")
                 image = friendly_image_decode(gr.Image(label="Image query (optional)", type="filepath", height=180,
                                                        sources=["upload", "clipboard"]))
                 instruction = gr.Textbox(label="Instruction (optional)",
-                                         info="empty = the gallery task's trained instruction; 'none' = none",
+                                         info="empty = each kind's trained instruction; 'none' = none; "
+                                              "typed = one instruction for every kind",
                                          placeholder="e.g. Find me an everyday image that matches the given caption.")
                 r_q = named_bounds(gr.Slider(1, max_r_q, value=min(8, max_r_q), step=1, label="r_q — query vectors",
                                              elem_id="r_q"), "r_q")
@@ -157,13 +165,16 @@ def search_tab(explorer: Explorer, max_r_q: int, max_r_c: int) -> SearchTab:
                 with gr.Accordion("Raw results and figures (what the API returns)", open=False):
                     results_json = gr.JSON(label="results")
                     figures_json = gr.JSON(label="figures")
-    inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime]
+    inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime, find]
     outputs = [results, figures_md, diff_md, results_json, figures_json]
     # Sliders re-rank on release (not on every drag step); the cached query vectors are reused.
     gr.on([search_btn.click, text.submit, image.upload, r_q.release, r_c.release, k.release, k_prime.release,
-           mode.input], do_search, inputs, outputs, api_name="search", trigger_mode="always_last")
-    preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime], [r_q, r_c, *outputs],
+           mode.input, find.input], do_search, inputs, outputs, api_name="search", trigger_mode="always_last")
+    preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime, find], [r_q, r_c, *outputs],
                  api_name="preset_search", trigger_mode="always_last")
+    gr.on([find.change, instruction.change, image.change, demo.load], do_instructions,
+          [text, image, instruction, find], [active], api_visibility="private", trigger_mode="always_last",
+          queue=False)
     return SearchTab(r_q=r_q, r_c=r_c, results=results)
 
 
@@ -320,7 +331,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     with gr.Blocks(title="MetaEmbed Explorer", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
-            search = search_tab(explorer, max_r_q, max_r_c)
+            search = search_tab(explorer, demo, max_r_q, max_r_c)
             tokens_tab(explorer, search.results, tabs)
             gallery_tab(explorer, demo)
             tradeoff_tab(explorer)

@@ -18,7 +18,6 @@ from index_builder import Gallery, GalleryError, InputSkipped, info, load_galler
 from index_builder.items import candidate_item
 from index_builder.storage import THUMB_SIDE
 from metaembed.models import Item, MetaEmbedEncoder
-from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +31,6 @@ def resolve_gallery_dir(path: Path) -> Path:
         return path
     found = sorted(p.parent for p in path.glob("*/manifest.json"))
     return found[0] if found else path
-
-
-def query_instruction(gallery: Gallery, has_text: bool, has_image: bool) -> str | None:
-    """The training-time query instruction for this gallery's task (candidates were encoded with theirs).
-
-    Text-only queries: "find the page" when most items are PDF pages, else "find the image"; image queries
-    have no trained instruction for image candidates, so none is added.
-    """
-    if not has_text or has_image:
-        return None
-    ids = gallery.index.ids
-    pages = sum(1 for i in ids if gallery.item(i).is_page)
-    return (TEXT_TO_PAGE if pages * 2 > len(ids) else TEXT_TO_IMAGE).query
 
 
 class DemoGallery:

@@ -26,7 +26,6 @@ from explorer.gallery import (
     display_image,
     encoded_item,
     gallery_stats,
-    query_instruction,
     text_card,
 )
 from explorer.models import ModelCache, fingerprint, load_model
@@ -35,8 +34,12 @@ from explorer.search import (
     SearchOutcome,
     check_bounds,
     check_budget,
+    describe_instructions,
     diff_markdown,
     figures_markdown,
+    find_kinds,
+    kind_split,
+    plan_queries,
     run_search,
     run_served_search,
 )
@@ -167,10 +170,24 @@ class Explorer:
         return {"gallery": session.gallery_choice, "label": label, **gallery_stats(gallery)}
 
     # ------------------------------------------------------------------ search
+    def active_instructions(self, session_id: str, text: str | None, has_image: bool, instruction: str | None,
+                            find: str | None = "both") -> str:
+        """The instruction(s) a search with these inputs would encode the query with, for the query box."""
+        session = self.session(session_id)
+        try:
+            _, gallery = self._context(session)
+            kinds = find_kinds(find, list(kind_split(gallery).positions))
+        except ExplorerError as err:
+            return f"⚠ {err}"
+        picture = Image.new("RGB", (1, 1)) if has_image else None
+        groups = plan_queries(text if (text or "").strip() else "text", picture, instruction, kinds)
+        return describe_instructions({kind: q.instruction for q, group in groups for kind in group})
+
     def search(self, session_id: str, text: str | None, image: str | Path | Image.Image | None,
                instruction: str | None, r_q: Any, r_c: Any, k: Any = 10, two_stage: bool = False,
-               k_prime: Any = 100) -> SearchView:
-        """Rank the session's gallery; only a new query (text/image/instruction) is encoded."""
+               k_prime: Any = 100, find: str | None = "both") -> SearchView:
+        """Rank the session's gallery for the kinds ``find`` names (images, pages or both); the query is
+        encoded once per distinct instruction those kinds need, and only a new query is encoded."""
         session = self.session(session_id)
         picture = _open_query_image(image)
         if self.served is not None and session.gallery_choice == DEMO:
@@ -178,9 +195,10 @@ class Explorer:
         with session.lock:
             encoder, gallery = self._context(session)
             budget = check_budget(r_q, r_c, encoder, gallery.index)
-            query = Query(text=text, image=picture, instruction=_instruction(instruction, gallery, text, picture))
+            kinds = find_kinds(find, list(kind_split(gallery).positions))
+            groups = plan_queries(text, picture, instruction, kinds)
             with self._encode_lock:
-                outcome = run_search(session, encoder, gallery, query, budget, k, bool(two_stage), k_prime)
+                outcome = run_search(session, encoder, gallery, groups, budget, k, bool(two_stage), k_prime)
         captions = {h.id: h.caption for h in outcome.hits}
         captions.update({i: gallery.item(i).title for i in outcome.moved_out})
         entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
@@ -231,7 +249,7 @@ class Explorer:
                 raise ExplorerError(f"rank must be between 1 and {len(last.ids)}, got {rank}")
             encoder, gallery = self._context(session)
             item_id = last.ids[position]
-            vectors = session.cached_query(last.model_fp, last.query_key)
+            vectors = session.cached_query(last.model_fp, last.kind_keys[gallery.item(item_id).kind])
             if vectors is None:
                 raise ExplorerError("the query is no longer cached: search again")
             budget = last.budget
@@ -365,14 +383,6 @@ class Explorer:
         except (KeyError, ValueError, TypeError, BudgetError) as err:
             raise ExplorerError(f"scale calculator: {err}") from err
         return rows, verdict
-
-
-def _instruction(given: str | None, gallery: Any, text: str | None, image: Image.Image | None) -> str | None:
-    """Empty -> the gallery task's trained query instruction; "none" -> no instruction; else as typed."""
-    given = (given or "").strip()
-    if given.lower() == "none":
-        return None
-    return given or query_instruction(gallery, bool(text and text.strip()), image is not None)
 
 
 def _open_query_image(image: str | Path | Image.Image | None) -> Image.Image | None:

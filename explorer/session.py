@@ -50,6 +50,8 @@ class LastSearch:
     budget: Budget
     ids: list[str]
     served: bool = False  #: searched on a metaembed.serve server: its vectors are not here
+    #: item kind -> cache key of the query vectors that scored items of that kind (one encode per instruction)
+    kind_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

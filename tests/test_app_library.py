@@ -56,22 +56,22 @@ def test_budget_and_k_changes_reuse_the_cached_query(explorer):
     first = explorer.search("a", PDF_PAGES[0], None, None, 8, 16, 5)
     second = explorer.search("a", PDF_PAGES[0], None, None, 2, 4, 3)
     third = explorer.search("a", PDF_PAGES[0], None, "", 16, 64, 6, True, 6)
-    assert CountingToy.calls == before + 1
-    assert [f.outcome.figures["query_encodes"] for f in (first, second, third)] == [1, 1, 1]
+    assert CountingToy.calls == before + 2  # once per kind in the gallery (images, pages), then cached
+    assert [f.outcome.figures["query_encodes"] for f in (first, second, third)] == [2, 2, 2]
     assert second.outcome.figures["query_cached"] and len(second.outcome.hits) == 3
     old, new = [h.id for h in first.outcome.hits], [h.id for h in second.outcome.hits]
     assert second.outcome.moved_in == [i for i in new if i not in old]
     assert second.outcome.moved_out == [i for i in old if i not in new]
     explorer.search("a", PDF_PAGES[0], None, "Find the page.", 8, 16)  # instruction is part of the query
-    assert CountingToy.calls == before + 2
+    assert CountingToy.calls == before + 3  # a typed instruction: one encode for every kind
 
 
 def test_scores_match_the_scorer_and_token_view(explorer):
     view = explorer.search("s", PDF_PAGES[1], None, None, 4, 8, 6)
     session = explorer.session("s")
     gallery = explorer.demo.get()
-    query = session.cached_query(session.last.model_fp, session.last.query_key)
     top = view.outcome.hits[0]
+    query = session.cached_query(session.last.model_fp, session.last.kind_keys[top.kind])
     expected = maxsim_pairs(query[None], gallery.index.get_vectors(top.id)[None], Budget(4, 8))[0, 0]
     assert top.score == pytest.approx(float(expected), abs=2e-2)  # bf16 storage
     fig, overlay, note, data = explorer.token_matches("s", 1)
@@ -194,15 +194,45 @@ def test_sweep_beir_zip_and_unsafe_zip(explorer, tmp_path):
         explorer.sweep("z", "upload", zipped, "8by8")
 
 
-def test_default_query_instruction_follows_the_gallery_task(explorer, tmp_path):
-    from metaembed.models.instructions import TEXT_TO_IMAGE
+def test_each_kind_is_searched_with_its_own_instruction(explorer, tmp_path):
+    from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 
-    text = explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures
-    assert text["instruction"] == TEXT_TO_IMAGE.query  # the fixture gallery is mostly images
-    assert explorer.search("i", "a red circle", None, "none", 1, 1).outcome.figures["instruction"] is None
+    both = explorer.search("i", "a red circle", None, None, 8, 16, 6).outcome
+    assert both.figures["instructions"] == {"image": TEXT_TO_IMAGE.query, "pdf-page": TEXT_TO_PAGE.query}
+    assert both.figures["query_encodes"] == 2 and {h.kind for h in both.hits} == {"image", "pdf-page"}
+    assert explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures["query_encodes"] == 2  # cached
+    images = explorer.search("i", "a red circle", None, None, 8, 16, 6, find="images").outcome
+    pages = explorer.search("i", "a red circle", None, None, 8, 16, 6, find="pages").outcome
+    assert images.figures["instructions"] == {"image": TEXT_TO_IMAGE.query}
+    assert {h.kind for h in images.hits} == {"image"} and {h.kind for h in pages.hits} == {"pdf-page"}
+    assert images.figures["query_encodes"] == 2 and images.figures["candidates"] == len(SHAPES)
+    # Fair merge: each kind keeps its own order and scores, and the merged list is their union by score.
+    for kind, alone in (("image", images), ("pdf-page", pages)):
+        assert [(h.id, h.score) for h in both.hits if h.kind == kind] == [(h.id, h.score) for h in alone.hits]
+    union = sorted([*images.hits, *pages.hits], key=lambda h: -h.score)
+    assert [h.id for h in both.hits] == [h.id for h in union]
+    # Two-stage: every kind gets its own shortlist, so k' covering each kind equals the exhaustive ranking.
+    staged = explorer.search("i", "a red circle", None, None, 8, 16, 4, True, len(SHAPES)).outcome
+    assert [h.id for h in staged.hits] == [h.id for h in both.hits[:4]] and staged.figures["first_stage_ms"] > 0
+    typed = explorer.search("i", "a red circle", None, "Find it.", 1, 1).outcome
+    assert set(typed.figures["instructions"].values()) == {"Find it."} and typed.figures["query_encodes"] == 3
+    assert set(explorer.search("i", "a red circle", None, "none", 1, 1).outcome.figures["instructions"].values()) \
+        == {None}
     path = tmp_path / "q.png"
     draw((1, 2, 3), "circle").save(path)
-    assert explorer.search("i", None, str(path), None, 1, 1).outcome.figures["instruction"] is None
+    assert set(explorer.search("i", None, str(path), None, 1, 1).outcome.figures["instructions"].values()) == {None}
+    line = explorer.active_instructions("i", "", False, "", "pages")
+    assert TEXT_TO_PAGE.query in line and TEXT_TO_IMAGE.query not in line
+    assert "no instruction" in explorer.active_instructions("i", "", True, "", "both")
+    with pytest.raises(ExplorerError, match="find must be one of"):
+        explorer.search("i", "x", None, None, 1, 1, find="videos")
+
+
+def test_token_matches_of_a_page_use_the_page_query(explorer):
+    view = explorer.search("p", PDF_PAGES[0], None, None, 4, 8, 6)
+    rank = next(h.rank for h in view.outcome.hits if h.kind == "pdf-page")
+    _, _, _, data = explorer.token_matches("p", rank)
+    assert data["score"] == pytest.approx(view.outcome.hits[rank - 1].score, abs=2e-2)
 
 
 def test_bundled_sweep_builds_the_tux_paint_set_once(explorer, monkeypatch):
@@ -226,7 +256,14 @@ def test_committed_model_answers_the_committed_gallery(tmp_path):
     ex = Explorer(dataclasses.replace(BUNDLED, session_root=tmp_path))
     view = ex.search("d", "a penguin", None, None, 8, 16, 10)
     assert len(view.outcome.hits) == 10 and view.outcome.figures["candidates"] > 100
-    assert ex.search("d", "a penguin", None, None, 1, 1, 10).outcome.figures["query_encodes"] == 1
+    assert ex.search("d", "a penguin", None, None, 1, 1, 10).outcome.figures["query_encodes"] == 2  # images, pages
+    # Default settings find what is asked for: a PDF question finds the ReportLab guide, a picture query
+    # finds pictures (a clip of a penguin among the first five, an image first).
+    pdf = ex.search("d", "how to draw a table in a PDF", None, None, 8, 16, 3).outcome.hits
+    assert any(h.kind == "pdf-page" and "reportlab" in h.caption for h in pdf), [h.caption for h in pdf]
+    penguin = ex.search("d", "a penguin", None, None, 8, 16, 5).outcome.hits
+    assert penguin[0].kind == "image"
+    assert any("tux" in h.caption.lower() or "pingu" in h.caption.lower() for h in penguin), penguin
 
 
 def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path):
