@@ -46,8 +46,10 @@ quality, latency, bytes read and token matches change live. The query is encoded
 new budget reuses its cached vectors."""
 
 
-def friendly_image_decode(component: gr.Image) -> gr.Image:
-    """Make a failed decode of an uploaded image a friendly message instead of a generic server error.
+def undecoded_image_passes(component: gr.Image) -> gr.Image:
+    """Let an upload that PIL cannot decode through as its file path: the explorer's safe loader then says
+    what is wrong in the search's own message (Gradio's decode error inside the search's validator would
+    reach API callers as a bare HTTP 400).
 
     Done on the instance: subclassing gr.Image would make Gradio write an ``app.pyi`` stub next to this file.
     """
@@ -56,41 +58,86 @@ def friendly_image_decode(component: gr.Image) -> gr.Image:
     def preprocess(payload: Any) -> Any:
         try:
             return original(payload)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-            raise gr.Error(f"the query image cannot be decoded ({type(err).__name__}); upload a PNG, JPEG, "
-                           "GIF, BMP, TIFF or WebP image") from None
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return getattr(payload, "path", None)
 
     component.preprocess = preprocess
     return component
 
 
-def named_bounds(slider: gr.Slider, name: str) -> gr.Slider:
-    """Gradio refuses an out-of-range slider value sent through the API; say which parameter and its bounds."""
-    original = slider.preprocess
+def unchecked(component: Any) -> Any:
+    """Pass a value Gradio would refuse (a slider out of range, a preset not among the choices, sent through
+    the API) on to the search's validator, which says what is wrong inline (Gradio's own check would stop
+    the validator with a bare HTTP 400)."""
+    original = component.preprocess
 
     def preprocess(payload: Any) -> Any:
         try:
             return original(payload)
         except gr.Error:
-            raise gr.Error(f"budget out of range: {name} must be in {slider.minimum:g}..{slider.maximum:g}, "
-                           f"got {payload}") from None
+            return payload
 
-    slider.preprocess = preprocess
-    return slider
+    component.preprocess = preprocess
+    return component
+
+
+def out_of_bounds(slider: gr.Slider, name: str, value: Any) -> str | None:
+    """``budget out of range: r_q must be in 1..16, got 99``, or None when ``value`` is within the slider."""
+    try:
+        inside = slider.minimum <= float(value) <= slider.maximum
+    except (TypeError, ValueError):
+        inside = False
+    if inside:
+        return None
+    return f"budget out of range: {name} must be in {slider.minimum:g}..{slider.maximum:g}, got {value}"
+
+
+def user_error(action: str, message: str) -> gr.Error:
+    """A visitor's mistake: one log line (no traceback, which is kept for real faults) and a toast."""
+    logger.info("user error (%s): %s", action, message)
+    return gr.Error(message, print_exception=False)
 
 
 @contextlib.contextmanager
-def friendly() -> Iterator[None]:
+def friendly(action: str) -> Iterator[None]:
     """Library errors become gr.Error toasts (the message is meant for the visitor); the server stays up."""
     try:
         yield
     except ExplorerError as err:
-        raise gr.Error(str(err)) from None
+        raise user_error(action, str(err)) from None
+
+
+def query_problems(text: str | None, image: Any, k: Any, mode: str, k_prime: Any) -> tuple[str | None, str | None]:
+    """What is wrong with a search's query and depth before it runs: (empty query, k′ < k), None when fine.
+
+    Checked inline by the search events' validators, so the results on screen stay; API callers get the
+    messages as ``gradio_client.exceptions.ValidationError``.
+    """
+    empty = None if image is not None or (text or "").strip() else "empty query: type some text or give an image"
+    shallow = None
+    if mode == "two-stage" and k_prime is not None and k is not None and k_prime < k:
+        shallow = f"k′ ({k_prime:g}) must be at least k ({k:g}): the first stage keeps k′ candidates"
+    for problem in (empty, shallow):
+        if problem:
+            logger.info("user error (search): %s", problem)
+    return empty, shallow
+
+
+def _checks(count: int, problems: dict[int, str | None]) -> list[dict[str, Any]]:
+    return [gr.validate(not problems.get(i), problems.get(i) or "") for i in range(count)]
+
+
+def validate_preset(preset, text, image, instruction, k, mode, k_prime, find):
+    empty, shallow = query_problems(text, image, k, mode, k_prime)
+    unknown = None if preset in PRESETS else f"preset {preset!r} is not one of {', '.join(PRESETS)}"
+    if unknown:
+        logger.info("user error (search): %s", unknown)
+    return _checks(8, {0: unknown, 1: empty, 6: shallow})
 
 
 def _sid(request: gr.Request | None) -> str:
     if request is None or not request.session_hash:
-        raise gr.Error("no session: reload the page")
+        raise user_error("session", "no session: reload the page")
     return request.session_hash
 
 
@@ -118,15 +165,23 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
     """Query, budget sliders and presets, top-k and mode -> results, live figures and the ranking change."""
 
     def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, request: gr.Request):
-        with friendly():
+        with friendly("search"):
             view = explorer.search(_sid(request), text, image, instruction, r_q, r_c, k, mode == "two-stage",
                                    k_prime, find)
         return view.entries, view.figures_md, view.diff_md, view.results, view.outcome.figures
 
     def do_preset(preset, text, image, instruction, k, mode, k_prime, find, request: gr.Request):
-        # Gradio has already checked that ``preset`` is one of PRESETS (the Radio's choices).
+        # validate_preset has checked that ``preset`` is one of PRESETS (the Radio's choices).
         r_q, r_c = (int(v) for v in preset.strip("()").split(","))
         return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, request))
+
+    def validate_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find):
+        empty, shallow = query_problems(text, image, k, mode, k_prime)
+        bounds = {3: out_of_bounds(r_q_slider, "r_q", r_q), 4: out_of_bounds(r_c_slider, "r_c", r_c)}
+        for problem in bounds.values():
+            if problem:
+                logger.info("user error (search): %s", problem)
+        return _checks(9, {0: empty, 7: shallow, **bounds})
 
     def do_instructions(text, image, instruction, find, request: gr.Request):
         return "Instruction — " + explorer.active_instructions(_sid(request), text, image is not None, instruction,
@@ -139,17 +194,17 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
                 find = gr.Radio(list(FIND), value="both", label="Find", elem_id="find",
                                 info="each kind is searched with its own trained instruction; scores merge")
                 active = gr.Markdown(elem_id="active-instruction")
-                image = friendly_image_decode(gr.Image(label="Image query (optional)", type="filepath", height=180,
+                image = undecoded_image_passes(gr.Image(label="Image query (optional)", type="filepath", height=180,
                                                        sources=["upload", "clipboard"]))
                 instruction = gr.Textbox(label="Instruction (optional)",
                                          info="empty = each kind's trained instruction; 'none' = none; "
                                               "typed = one instruction for every kind",
                                          placeholder="e.g. Find me an everyday image that matches the given caption.")
-                r_q = named_bounds(gr.Slider(1, max_r_q, value=min(8, max_r_q), step=1, label="r_q — query vectors",
-                                             elem_id="r_q"), "r_q")
-                r_c = named_bounds(gr.Slider(1, max_r_c, value=min(16, max_r_c), step=1,
-                                             label="r_c — candidate vectors", elem_id="r_c"), "r_c")
-                preset = gr.Radio(PRESETS, label="Trained groups (one click)", value=None)
+                r_q = r_q_slider = unchecked(gr.Slider(1, max_r_q, value=min(8, max_r_q), step=1,
+                                                              label="r_q — query vectors", elem_id="r_q"))
+                r_c = r_c_slider = unchecked(gr.Slider(1, max_r_c, value=min(16, max_r_c), step=1,
+                                                              label="r_c — candidate vectors", elem_id="r_c"))
+                preset = unchecked(gr.Radio(PRESETS, label="Trained groups (one click)", value=None))
                 k = gr.Slider(1, MAX_K, value=10, step=1, label="top-k")
                 with gr.Row():
                     mode = gr.Radio(["exhaustive", "two-stage"], value="exhaustive", label="Scoring",
@@ -169,9 +224,10 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
     outputs = [results, figures_md, diff_md, results_json, figures_json]
     # Sliders re-rank on release (not on every drag step); the cached query vectors are reused.
     gr.on([search_btn.click, text.submit, image.upload, r_q.release, r_c.release, k.release, k_prime.release,
-           mode.input, find.input], do_search, inputs, outputs, api_name="search", trigger_mode="always_last")
+           mode.input, find.input], do_search, inputs, outputs, api_name="search", trigger_mode="always_last",
+          validator=validate_search)
     preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime, find], [r_q, r_c, *outputs],
-                 api_name="preset_search", trigger_mode="always_last")
+                 api_name="preset_search", trigger_mode="always_last", validator=validate_preset)
     gr.on([find.change, instruction.change, image.change, demo.load], do_instructions,
           [text, image, instruction, find], [active], api_visibility="private", trigger_mode="always_last",
           queue=False)
@@ -182,7 +238,7 @@ def tokens_tab(explorer: Explorer, results: gr.Gallery, tabs: gr.Tabs) -> None:
     """Heatmap of a result's Meta-Token matches and the attention overlay; clicking a result opens it."""
 
     def do_tokens(rank, query_token, request: gr.Request):
-        with friendly():
+        with friendly("token matches"):
             fig, overlay, note, data = explorer.token_matches(_sid(request), rank, query_token)
         return fig, overlay, note, data
 
@@ -214,13 +270,13 @@ def gallery_tab(explorer: Explorer, demo: gr.Blocks) -> None:
     caps = explorer.config.caps
 
     def do_upload(files, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio's injection idiom)
-        with friendly():
+        with friendly("upload"):
             report = explorer.upload(_sid(request), files, lambda f, d: progress(f, desc=d))
             status = explorer.gallery_status(_sid(request))
         return report, report["summary"], status, OWN if status.get("gallery") == OWN else DEMO
 
     def do_use_gallery(choice, request: gr.Request):
-        with friendly():
+        with friendly("gallery"):
             return explorer.use_gallery(_sid(request), choice)
 
     def do_status(request: gr.Request):
@@ -248,14 +304,14 @@ def tradeoff_tab(explorer: Explorer) -> None:
     """Budget sweeps (chart, table, Pareto front) and the scale calculator."""
 
     def do_sweep(source, file, budgets, cost, two_stage, k_prime, request: gr.Request):
-        with friendly():
+        with friendly("sweep"):
             fig, header, rows, summary = explorer.sweep(_sid(request), source, file, budgets,
                                                         "latency" if cost == "scoring latency" else "bytes_read",
                                                         two_stage, k_prime)
         return fig, pd.DataFrame(rows, columns=header), summary
 
     def do_scale(model, dtype, n, r_q, r_c, device, device_gib):
-        with friendly():
+        with friendly("calculator"):
             rows, verdict = explorer.scale(model, dtype, n, r_q, r_c, device, device_gib)
         return rows, verdict
 
@@ -300,11 +356,11 @@ def model_tab(explorer: Explorer, r_q: gr.Slider, r_c: gr.Slider) -> None:
     """Switch this session's model; the budget sliders then span the loaded model's R_q and R_c."""
 
     def do_model(name, request: gr.Request):
-        with friendly():
+        with friendly("model"):
             return explorer.select_model(_sid(request), name)
 
     def do_bounds(current_r_q, current_r_c, request: gr.Request):
-        with friendly():
+        with friendly("model"):
             max_r_q, max_r_c = explorer.budget_bounds(_sid(request))
         return (gr.Slider(maximum=max_r_q, value=min(int(current_r_q), max_r_q)),
                 gr.Slider(maximum=max_r_c, value=min(int(current_r_c), max_r_c)))
