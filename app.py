@@ -41,9 +41,28 @@ logger = logging.getLogger("metaembed.app")
 
 PRESETS = [f"({b.r_q},{b.r_c})" for b in TRAINED_GROUPS]
 INTRO = """# MetaEmbed Explorer
-Slide the **(r_q, r_c)** budget — how many query / candidate Meta-Token vectors MaxSim uses — and watch
-quality, latency, bytes read and token matches change live. The query is encoded once; re-ranking at a
-new budget reuses its cached vectors."""
+Search pictures and PDF pages by text or image, then choose how much of each item's multi-vector embedding
+the search may use (the **budget**) and watch speed, memory read and the ranking change."""
+#: One-click examples: (button label, text query, whether the query is a gallery picture).
+EXAMPLES = [("a penguin", "a penguin", False), ("how to draw a table in a PDF", "how to draw a table in a PDF", False),
+            ("pie chart", "pie chart", False), ("a red car", "a red car", False),
+            ("a cat and a dog", "a cat and a dog", False), ("a gallery picture (image query)", "", True)]
+EXPLAIN = ("**What am I looking at?** Each card: rank · score (higher = closer: for each of the r_q query vectors "
+           "its best cosine match among the item's first r_c vectors, summed) · image or PDF page · after a budget "
+           "change ↑/↓ = moved up/down, new = entered the top-k. The figures say what this search cost at this "
+           "budget: smaller budgets read fewer bytes and score faster.")
+#: Result captions on two lines, never cut; the preset radio and slider labels stay compact.
+CSS = """
+#results .caption-label { white-space: pre-line !important; overflow: visible !important;
+  text-overflow: clip !important; max-width: 100% !important; position: static !important;
+  font-size: 12px; line-height: 1.3; overflow-wrap: anywhere; }
+#results .thumbnail-item { height: auto !important; }
+#query-row { align-items: flex-end; }
+#search-btn { max-height: 48px; }
+#examples { flex-wrap: wrap; gap: 6px; }
+#examples button { flex: 0 0 auto; white-space: nowrap; }
+#try { flex: 0 0 auto; min-width: 0; width: auto; }
+"""
 
 
 def undecoded_image_passes(component: gr.Image) -> gr.Image:
@@ -159,6 +178,7 @@ class SearchTab:
     r_q: gr.Slider
     r_c: gr.Slider
     results: gr.Gallery
+    blurb: gr.Markdown  #: which gallery is searched and what it holds (refreshed after uploads / switches)
 
 
 def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) -> SearchTab:
@@ -168,7 +188,9 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
         with friendly("search"):
             view = explorer.search(_sid(request), text, image, instruction, r_q, r_c, k, mode == "two-stage",
                                    k_prime, find)
-        return view.entries, view.figures_md, view.diff_md, view.results, view.outcome.figures
+        # A fresh gallery value with no selection: the grid shows the new results, never a stale single view.
+        return (gr.Gallery(value=view.entries, selected_index=None), view.figures_md, view.diff_md, view.results,
+                view.outcome.figures)
 
     def do_preset(preset, text, image, instruction, k, mode, k_prime, find, request: gr.Request):
         # validate_preset has checked that ``preset`` is one of PRESETS (the Radio's choices).
@@ -187,33 +209,52 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
         return "Instruction — " + explorer.active_instructions(_sid(request), text, image is not None, instruction,
                                                                 find)
 
+    def do_example(index: int):
+        _, query, picture = EXAMPLES[index]
+        return query, (explorer.example_image() if picture else None)
+
+    def do_blurb(request: gr.Request):
+        return explorer.gallery_blurb(_sid(request))
+
     with gr.Tab("Search", id="search"):
+        blurb = gr.Markdown(elem_id="gallery-blurb")
         with gr.Row():
             with gr.Column(scale=2):
-                text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch", elem_id="query")
+                with gr.Row(elem_id="query-row"):
+                    text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch", elem_id="query",
+                                      scale=5)
+                    search_btn = gr.Button("Search", variant="primary", elem_id="search-btn", scale=1, min_width=90)
+                with gr.Row(elem_id="examples"):
+                    gr.Markdown("Try:", elem_id="try")
+                    example_btns = [gr.Button(label, size="sm", elem_id=f"example-{i}", min_width=0, scale=0)
+                                    for i, (label, _, _) in enumerate(EXAMPLES)]
                 find = gr.Radio(list(FIND), value="both", label="Find", elem_id="find",
                                 info="each kind is searched with its own trained instruction; scores merge")
                 active = gr.Markdown(elem_id="active-instruction")
-                image = undecoded_image_passes(gr.Image(label="Image query (optional)", type="filepath", height=180,
-                                                       sources=["upload", "clipboard"]))
-                instruction = gr.Textbox(label="Instruction (optional)",
-                                         info="empty = each kind's trained instruction; 'none' = none; "
-                                              "typed = one instruction for every kind",
-                                         placeholder="e.g. Find me an everyday image that matches the given caption.")
                 r_q = r_q_slider = unchecked(gr.Slider(1, max_r_q, value=min(8, max_r_q), step=1,
-                                                              label="r_q — query vectors", elem_id="r_q"))
+                                                       label="r_q — query vectors used", elem_id="r_q"))
                 r_c = r_c_slider = unchecked(gr.Slider(1, max_r_c, value=min(16, max_r_c), step=1,
-                                                              label="r_c — candidate vectors", elem_id="r_c"))
-                preset = unchecked(gr.Radio(PRESETS, label="Trained groups (one click)", value=None))
-                k = gr.Slider(1, MAX_K, value=10, step=1, label="top-k")
-                with gr.Row():
+                                                       label="r_c — candidate vectors used", elem_id="r_c"))
+                preset = unchecked(gr.Radio(PRESETS, label="Trained budgets (one click)", value="(8,16)",
+                                            elem_id="preset",
+                                            info="the (r_q, r_c) groups the model was trained at; the sliders "
+                                                 "reach untrained ones too"))
+                image = undecoded_image_passes(gr.Image(label="Image query (optional)", type="filepath", height=140,
+                                                        sources=["upload", "clipboard"], elem_id="image-query"))
+                with gr.Accordion("Instruction, top-k and scoring", open=False):
+                    instruction = gr.Textbox(label="Instruction (optional)",
+                                             info="empty = each kind's trained instruction; 'none' = none; "
+                                                  "typed = one instruction for every kind",
+                                             placeholder="e.g. Find me an everyday image that matches the given "
+                                                         "caption.")
+                    k = gr.Slider(1, MAX_K, value=10, step=1, label="top-k")
                     mode = gr.Radio(["exhaustive", "two-stage"], value="exhaustive", label="Scoring",
-                                    info="two-stage: FAISS on token 0, then MaxSim on the top k′")
-                    k_prime = gr.Slider(1, 1000, value=100, step=1, label="k′ (first-stage shortlist)")
-                search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+                                    info="two-stage: FAISS on token 0 per kind, then MaxSim on each kind's top k′")
+                    k_prime = gr.Slider(1, 1000, value=100, step=1, label="k′ (first-stage shortlist per kind)")
             with gr.Column(scale=3):
-                results = gr.Gallery(label="Results (click one for its token matches)", columns=4, height=420,
-                                     object_fit="contain", elem_id="results")
+                results = gr.Gallery(label="Results (click one for its token matches)", columns=4, height=520,
+                                     object_fit="contain", elem_id="results", allow_preview=False)
+                gr.Markdown(EXPLAIN, elem_id="explain")
                 with gr.Row():
                     figures_md = gr.Markdown(label="live figures", elem_id="figures")
                     diff_md = gr.Markdown(label="ranking change", elem_id="diff")
@@ -228,10 +269,17 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
           validator=validate_search)
     preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime, find], [r_q, r_c, *outputs],
                  api_name="preset_search", trigger_mode="always_last", validator=validate_preset)
+    for i, button in enumerate(example_btns):
+        button.click(lambda i=i: do_example(i), None, [text, image], api_visibility="private", queue=False).then(
+            do_search, inputs, outputs, api_visibility="private", validator=validate_search)
+    # The preset radio names the sliders' budget when it is a trained one, and clears otherwise.
+    gr.on([r_q.change, r_c.change], None, [r_q, r_c], [preset], api_visibility="private",
+          js=f"(q, c) => {{ const p = `(${{q}},${{c}})`; return {PRESETS!r}.includes(p) ? p : null; }}")
     gr.on([find.change, instruction.change, image.change, demo.load], do_instructions,
           [text, image, instruction, find], [active], api_visibility="private", trigger_mode="always_last",
           queue=False)
-    return SearchTab(r_q=r_q, r_c=r_c, results=results)
+    demo.load(do_blurb, None, [blurb], api_visibility="private", queue=False)
+    return SearchTab(r_q=r_q, r_c=r_c, results=results, blurb=blurb)
 
 
 def tokens_tab(explorer: Explorer, results: gr.Gallery, tabs: gr.Tabs) -> None:
@@ -265,7 +313,7 @@ def tokens_tab(explorer: Explorer, results: gr.Gallery, tabs: gr.Tabs) -> None:
     results.select(do_select, [query_token], [rank, *outputs, tabs], api_name="select_result")
 
 
-def gallery_tab(explorer: Explorer, demo: gr.Blocks) -> None:
+def gallery_tab(explorer: Explorer, demo: gr.Blocks, blurb: gr.Markdown) -> None:
     """Private uploads (build / extend), demo <-> own, and the gallery status shown on page load."""
     caps = explorer.config.caps
 
@@ -294,8 +342,13 @@ def gallery_tab(explorer: Explorer, demo: gr.Blocks) -> None:
         with gr.Row():
             build_report = gr.JSON(label="last upload report (skipped files with reasons)")
             status = gr.JSON(label="gallery in use")
-    build_btn.click(do_upload, [files], [build_report, build_summary, status, which], api_name="upload")
-    which.input(do_use_gallery, [which], [status], api_name="use_gallery")
+    def do_blurb(request: gr.Request):
+        return explorer.gallery_blurb(_sid(request))
+
+    build_btn.click(do_upload, [files], [build_report, build_summary, status, which], api_name="upload").then(
+        do_blurb, None, [blurb], api_visibility="private")
+    which.input(do_use_gallery, [which], [status], api_name="use_gallery").then(
+        do_blurb, None, [blurb], api_visibility="private")
     refresh_btn.click(do_status, None, [status], api_name="gallery_status")
     demo.load(do_status, None, [status], api_name="session_start")
 
@@ -389,7 +442,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         with gr.Tabs() as tabs:
             search = search_tab(explorer, demo, max_r_q, max_r_c)
             tokens_tab(explorer, search.results, tabs)
-            gallery_tab(explorer, demo)
+            gallery_tab(explorer, demo, search.blurb)
             tradeoff_tab(explorer)
             model_tab(explorer, search.r_q, search.r_c)
         demo.unload(on_unload)
@@ -412,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     # Result thumbnails are served from the gallery folders (session folders have unguessable names).
     served = [str(p) for p in (config.gallery, config.session_root) if p is not None]
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=config.caps.max_bytes,
-                footer_links=["api", "gradio"], allowed_paths=served, prevent_thread_lock=True)
+                footer_links=["api", "gradio"], allowed_paths=served, prevent_thread_lock=True, css=CSS)
     # Load the model and demo gallery once the server answers, so startup stays within seconds.
     threading.Thread(target=explorer.warm_up, name="warm-up", daemon=True).start()
     demo.block_thread()

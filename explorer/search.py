@@ -18,7 +18,7 @@ from explorer.models import fingerprint
 from explorer.served import ServedGallery
 from explorer.session import LastSearch, Session, query_key
 from index_builder import IMAGE, PDF_PAGE, Gallery
-from metaembed.budget import Budget, BudgetError
+from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError
 from metaembed.costs import scoring_flops
 from metaembed.first_stage import TokenZeroIndex
 from metaembed.index import MultiVectorIndex
@@ -286,6 +286,7 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery,
         flops += len(groups) * scoring_flops(Budget(1, 1), n, encoder.dim)  # FAISS on token 0 (flat inner product)
     figures = {
         "budget": str(budget),
+        "trained": budget in TRAINED_GROUPS,
         "mode": "two-stage" if two_stage_used else "exhaustive",
         "k": k_eff,
         "k_prime": first_stage if two_stage_used else None,
@@ -325,10 +326,12 @@ def run_served_search(session: Session, served: ServedGallery, query: Query, bud
     item = query.item()
     answer, round_trip_ms = served.search(item.text, item.image, item.instruction, budget, k_eff, first_stage)
     timings = answer["timings"]
-    hits = [Hit(rank=i + 1, id=str(h["id"]), score=float(h["score"]), caption=_served_title(h))
+    hits = [Hit(rank=i + 1, id=str(h["id"]), score=float(h["score"]), caption=_served_title(h),
+                kind=h.get("kind"))
             for i, h in enumerate(answer["hits"])]
     figures = {
-        "budget": str(budget), "mode": "two-stage" if first_stage is not None else "exhaustive", "k": k_eff,
+        "budget": str(budget), "trained": budget in TRAINED_GROUPS,
+        "mode": "two-stage" if first_stage is not None else "exhaustive", "k": k_eff,
         "k_prime": first_stage, "candidates": n, "candidates_scored": None,
         "query_encode_ms": timings["encode_ms"], "query_cached": timings["encode_ms"] == 0,
         "query_encodes": session.encode_count, "first_stage_ms": 0.0,
@@ -372,6 +375,23 @@ def _diff(previous: LastSearch | None, key: str, outcome: SearchOutcome) -> None
     outcome.figures["compared_to"] = outcome.compared_to
 
 
+def rank_marker(outcome: SearchOutcome, item_id: str) -> str:
+    """``↑2`` / ``↓1`` / ``new`` versus the previous budget of the same query ("" when unchanged or first)."""
+    if not outcome.compared_to:
+        return ""
+    if item_id in outcome.moved_in:
+        return "new"
+    change = outcome.rank_changes.get(item_id, 0)
+    return f"↑{change}" if change > 0 else f"↓{-change}" if change < 0 else ""
+
+
+def card_caption(hit: Hit, outcome: SearchOutcome, title: str) -> str:
+    """A result card's caption: rank, score, kind and the marker on the first line, the title below it."""
+    marker = rank_marker(outcome, hit.id)
+    kind = "page" if hit.kind == PDF_PAGE else "image" if hit.kind == IMAGE else hit.kind or "item"
+    return f"#{hit.rank} · {hit.score:.2f} · {kind}{f' · {marker}' if marker else ''}\n{title}"
+
+
 def describe_instructions(instructions: dict[str, str | None]) -> str:
     """``images: "…" · pages: "…"`` (kinds sharing one instruction named together), for the UI."""
     by_text: dict[str | None, list[str]] = {}
@@ -393,8 +413,11 @@ def figures_markdown(outcome: SearchOutcome) -> str:
     """The live-figures panel as markdown (the app renders it verbatim)."""
     f = outcome.figures
     encode = "cached (0 ms, no re-encode)" if f["query_cached"] else f"{f['query_encode_ms']:.1f} ms"
+    trained = "a trained group" if f.get("trained") else \
+        f"not a trained group (MMR trains {', '.join(str(b) for b in TRAINED_GROUPS)}; between them the nested " \
+        "prefixes still work, untested)"
     lines = [
-        f"**Budget {f['budget']}** · {f['mode']}" + (f" (k′={f['k_prime']})" if f["k_prime"] else "")
+        f"**Budget {f['budget']}** ({trained}) · {f['mode']}" + (f" (k′={f['k_prime']})" if f["k_prime"] else "")
         + f" · top-{f['k']} of {f['candidates']:,}",
         "",
         "| figure | value |",

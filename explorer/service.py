@@ -24,7 +24,9 @@ from explorer.gallery import (
     DemoGallery,
     check_match,
     display_image,
+    display_title,
     encoded_item,
+    gallery_blurb,
     gallery_stats,
     text_card,
 )
@@ -32,6 +34,7 @@ from explorer.models import ModelCache, fingerprint, load_model
 from explorer.search import (
     Query,
     SearchOutcome,
+    card_caption,
     check_bounds,
     check_budget,
     describe_instructions,
@@ -40,6 +43,7 @@ from explorer.search import (
     find_kinds,
     kind_split,
     plan_queries,
+    rank_marker,
     run_search,
     run_served_search,
 )
@@ -160,6 +164,30 @@ class Explorer:
             session.last = None
         return self.gallery_status(session_id)
 
+    def example_image(self) -> str | None:
+        """A picture of the demo gallery (its first image whose file is here), for the one-click image example."""
+        try:
+            gallery = self.demo.get()
+        except ExplorerError:
+            return None
+        for item_id in gallery.index.ids:
+            source = gallery.source(item_id)
+            if not gallery.item(item_id).is_page and source is not None and source.is_file():
+                return str(source)
+        return None
+
+    def gallery_blurb(self, session_id: str) -> str:
+        """One line on what the session's gallery holds (the landing's first line, the Search tab's badge)."""
+        session = self.session(session_id)
+        if self.served is not None and session.gallery_choice == DEMO:
+            info = self.served.info()
+            return f"Searching **the served gallery** at {self.served.url}: {int(info['count']):,} items."
+        try:
+            gallery, label = self._gallery(session)
+        except ExplorerError as err:
+            return f"⚠ {err}"
+        return gallery_blurb(gallery, label)
+
     def gallery_status(self, session_id: str) -> dict[str, Any]:
         """Counts and bytes of the gallery this session searches."""
         session = self.session(session_id)
@@ -199,16 +227,16 @@ class Explorer:
             groups = plan_queries(text, picture, instruction, kinds)
             with self._encode_lock:
                 outcome = run_search(session, encoder, gallery, groups, budget, k, bool(two_stage), k_prime)
-        captions = {h.id: h.caption for h in outcome.hits}
-        captions.update({i: gallery.item(i).title for i in outcome.moved_out})
-        entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
-                   for h in outcome.hits]
+        titles = self.demo.titles if session.gallery_choice == DEMO else {}
+        names = {i: display_title(gallery, i, titles) for i in [*[h.id for h in outcome.hits], *outcome.moved_out]}
+        entries = [(display_image(gallery, h.id), card_caption(h, outcome, names[h.id])) for h in outcome.hits]
         results = []
         for h in outcome.hits:
             record = gallery.item(h.id)
-            results.append({"rank": h.rank, "id": h.id, "score": h.score, "source": h.caption,
-                            "file": record.source, "page": record.page, "kind": record.kind})
-        return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
+            results.append({"rank": h.rank, "id": h.id, "score": h.score, "title": names[h.id], "source": h.caption,
+                            "file": record.source, "page": record.page, "kind": record.kind,
+                            "marker": rank_marker(outcome, h.id)})
+        return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, names), results)
 
     def _served_search(self, session: Session, text: str | None, picture: Image.Image | None,
                        instruction: str | None, r_q: Any, r_c: Any, k: Any, two_stage: bool,
@@ -221,7 +249,7 @@ class Explorer:
             given = (instruction or "").strip()
             query = Query(text=text, image=picture, instruction=None if given.lower() == "none" else given or None)
             outcome, hits = run_served_search(session, served, query, budget, k, bool(two_stage), k_prime)
-        entries = [(served.thumbnail(h) or text_card(c.caption), f"#{c.rank} {Path(c.caption).name} · {c.score:.3f}")
+        entries = [(served.thumbnail(h) or text_card(c.caption), card_caption(c, outcome, c.caption))
                    for h, c in zip(hits, outcome.hits, strict=True)]
         results = [{"rank": c.rank, "id": c.id, "score": c.score, "source": c.caption, "file": h.get("source"),
                     "page": h.get("page"), "kind": h.get("kind"), "shard": h.get("shard")}

@@ -322,3 +322,38 @@ def test_duplicate_upload_is_reported_and_not_kept(explorer, tmp_path):
     (skip,) = report["skipped"]
     assert {skip["file"], skip["reason"].removeprefix("same content as ")} == {"a.png", "a-copy.png"}
     assert len(list(explorer.session("dave").uploads_dir().iterdir())) == 1
+
+
+def test_result_cards_name_items_and_mark_rank_moves(explorer):
+    first = explorer.search("m", "a red circle", None, None, 16, 64, 4)
+    assert all(r["marker"] == "" for r in first.results)  # nothing to compare with yet
+    titles = {r["id"]: r["title"] for r in first.results}
+    for r in first.results:
+        assert r["title"] in next(caption for _, caption in first.entries if caption.startswith(f"#{r['rank']} "))
+        if r["kind"] == "pdf-page":
+            assert r["title"].endswith(f"notes.pdf p. {r['page']}")
+            assert PDF_PAGES[r["page"] - 1].split()[0] in r["title"]
+        else:
+            assert titles[r["id"]] == Path(r["file"]).name
+    second = explorer.search("m", "a red circle", None, None, 1, 1, 4)
+    old = {r["id"]: r["rank"] for r in first.results}
+    for r in second.results:
+        change = old[r["id"]] - r["rank"] if r["id"] in old else None
+        expected = "new" if change is None else f"↑{change}" if change > 0 else f"↓{-change}" if change < 0 else ""
+        assert r["marker"] == expected
+    assert second.outcome.figures["trained"] and "(a trained group)" in second.figures_md
+    odd = explorer.search("m", "a red circle", None, None, 4, 33, 4)
+    assert not odd.outcome.figures["trained"] and "not a trained group" in odd.figures_md
+
+
+def test_catalogue_titles_and_the_gallery_line(toy_gallery, tmp_path):
+    from explorer.gallery import catalogue_titles
+
+    root, encoder = toy_gallery
+    (tmp_path / "sources.jsonl").write_text(json.dumps({"file": SHAPES[0][0], "title": "Red circle"}) + "\n")
+    assert catalogue_titles(tmp_path / "gallery") == {SHAPES[0][0]: "Red circle"}  # the indexed folder's list
+    ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path / "s"),
+                  load_model={"toy": encoder}.__getitem__)
+    line = ex.gallery_blurb("g")
+    assert f"{len(SHAPES) + len(PDF_PAGES)} items" in line and f"{len(SHAPES)} images" in line
+    assert "notes.pdf" in line and "demo gallery" in line
