@@ -414,8 +414,8 @@ def figures_markdown(outcome: SearchOutcome) -> str:
     f = outcome.figures
     encode = "cached (0 ms, no re-encode)" if f["query_cached"] else f"{f['query_encode_ms']:.1f} ms"
     trained = "a trained group" if f.get("trained") else \
-        f"not a trained group (MMR trains {', '.join(str(b) for b in TRAINED_GROUPS)}; between them the nested " \
-        "prefixes still work, untested)"
+        f"not a trained group: the model was trained at {', '.join(str(b) for b in TRAINED_GROUPS)}; the nested " \
+        "prefixes between them still score, with quality nobody trained for"
     lines = [
         f"**Budget {f['budget']}** ({trained}) · {f['mode']}" + (f" (k′={f['k_prime']})" if f["k_prime"] else "")
         + f" · top-{f['k']} of {f['candidates']:,}",
