@@ -188,9 +188,8 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
         with friendly("search"):
             view = explorer.search(_sid(request), text, image, instruction, r_q, r_c, k, mode == "two-stage",
                                    k_prime, find)
-        # A fresh gallery value with no selection: the grid shows the new results, never a stale single view.
-        return (gr.Gallery(value=view.entries, selected_index=None), view.figures_md, view.diff_md, view.results,
-                view.outcome.figures)
+        # The results gallery has no single-image view (a click opens token matches): each search shows a grid.
+        return view.entries, view.figures_md, view.diff_md, view.results, view.outcome.figures
 
     def do_preset(preset, text, image, instruction, k, mode, k_prime, find, request: gr.Request):
         # validate_preset has checked that ``preset`` is one of PRESETS (the Radio's choices).

@@ -348,8 +348,11 @@ class Explorer:
                 raise ExplorerError(f"budget out of range: {err}") from err
         header, rows = tradeoff.table_rows(report, cost)
         front = [r[0] for r in rows if r[-1]]
-        summary = (f"{report.data}: {len(report.results)} budgets, {report.main_metric}; Pareto-optimal: "
-                   f"{', '.join(front)}")
+        queries = tradeoff.query_count(report)
+        latency = report.encoding.get("latency", "mean over the queries, one pass")
+        summary = (f"**{Path(report.data).name}**: {queries if queries is not None else '?'} queries, "
+                   f"{len(report.results)} budgets, main metric {report.main_metric}; scoring latency: {latency}. "
+                   f"Pareto-optimal on {'latency' if cost == 'latency' else 'bytes read'}: {', '.join(front)}")
         return tradeoff.tradeoff_figure(report, cost), header, rows, summary
 
     def _bundled_sweep(self, encoder: MetaEmbedEncoder, budgets: list[Budget], first_stage: int | None) -> Any:
@@ -405,8 +408,7 @@ class Explorer:
             n_int = int(n)
             chosen = Budget(int(r_q), int(r_c))
             gib = float(device_gib) if device_gib not in (None, "", 0) else None
-            budgets = list(dict.fromkeys([*TRAINED_GROUPS, chosen]))
-            rows = scale.table(budgets, n_int, dim, dtype, device, gib)
+            rows = scale.table(list(TRAINED_GROUPS), n_int, dim, dtype, device, gib, chosen=chosen)
             verdict = scale.estimate(chosen, n_int, dim, dtype, device, gib).verdict()
         except (KeyError, ValueError, TypeError, BudgetError) as err:
             raise ExplorerError(f"scale calculator: {err}") from err

@@ -238,7 +238,7 @@ def test_scale_calculator_reproduces_paper_rows(client):
     for budget, (gflops, gib) in paper.items():
         assert table[budget][0] == pytest.approx(gflops, rel=0.015)  # the paper rounds 0.7168 down to 0.71
         assert table[budget][1] == pytest.approx(gib, abs=0.01)
-    assert len(rows["data"]) == len(TRAINED_GROUPS)
+    assert len(rows["data"]) == len(TRAINED_GROUPS) + 1 and rows["data"][0][0] == "(8,16) (yours)"
     assert "Fits" in verdict
     rows, verdict = client.predict("Qwen2.5-VL 32B", "fp32", 1_000_000, 16, 64, "T4 (16 GiB)", 0,
                                    api_name="/scale")
@@ -246,6 +246,10 @@ def test_scale_calculator_reproduces_paper_rows(client):
     _, verdict = client.predict("Qwen2.5-VL 7B", "bf16", 100_000, 16, 64, "A100 / H100 (80 GiB)", 40,
                                 api_name="/scale")
     assert "Does not fit" in verdict and "42.72 GiB" in verdict  # a typed memory size overrides the device
+    assert "of your 40 GiB" in verdict and "use bf16" not in verdict  # bf16 is already chosen
+    _, verdict = client.predict("Qwen2.5-VL 7B", "bf16", 1_000_000, 8, 16, "A100 / H100 (80 GiB)", 24,
+                                api_name="/scale")
+    assert "445% of your 24 GiB" in verdict and "80 GiB" not in verdict
 
 
 def test_sweep_on_current_gallery_with_pairs_file(client, tmp_path):

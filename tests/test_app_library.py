@@ -16,6 +16,7 @@ from explorer import scale, tradeoff
 from explorer.config import ExplorerConfig, UploadCaps
 from explorer.errors import ExplorerError
 from explorer.gallery import resolve_gallery_dir
+from explorer.search import format_bytes
 from explorer.service import Explorer
 from index_builder import build
 from metaembed.budget import Budget
@@ -163,9 +164,31 @@ def test_gallery_sweep_counts_the_first_stage_bytes(explorer, tmp_path):
     n, dim = len(gallery.index), gallery.index.dim
     _, header, rows, _ = explorer.sweep("p", "upload", pairs, "1x1,4x8", two_stage=True, k_prime=3)
     read = {row[0]: row[header.index("bytes read/query")] for row in rows}
-    assert read == {"(1,1)": 3 * 1 * dim * 2 + n * dim * 4, "(4,8)": 3 * 8 * dim * 2 + n * dim * 4}
+    assert read == {"(1,1)": format_bytes(3 * 1 * dim * 2 + n * dim * 4),
+                    "(4,8)": format_bytes(3 * 8 * dim * 2 + n * dim * 4)}
     _, header, rows, _ = explorer.sweep("p", "upload", pairs, "4x8")
-    assert rows[0][header.index("bytes read/query")] == n * 8 * dim * 2  # exhaustive: no first stage
+    assert rows[0][header.index("bytes read/query")] == format_bytes(n * 8 * dim * 2)  # exhaustive: no first stage
+
+
+@pytest.mark.parametrize("cost", ["bytes_read", "latency"])
+def test_sweep_pareto_front_is_the_plotted_one(explorer, tmp_path, cost):
+    """The chart's x axis is the cost the front is computed on: no plotted point beats a starred one on both
+    axes, and every unstarred point is beaten by a plotted one; the table leads with the main metric."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,relevant_item\n" + "".join(f"{t},notes.pdf#{i + 1}\n" for i, t in enumerate(PDF_PAGES))
+                     + f"a red circle,{SHAPES[0][0]}\n")
+    fig, header, rows, summary = explorer.sweep("t", "upload", pairs, "1x1,2x4,4x8,8x16,16x64,1x64", cost)
+    assert header[1] == "ndcg@5" and header[0] == "budget"  # the main metric first
+    assert "3 queries" in summary and str(tmp_path) not in summary and "pairs.csv" in summary
+    points = {label: (x, y) for trace in fig.data if trace.mode == "markers+text"
+              for label, x, y in zip(trace.text, trace.x, trace.y, strict=True)}
+    starred = {row[0] for row in rows if row[-1]}
+    assert set(points) == {row[0] for row in rows} and starred
+    for label, (x, y) in points.items():
+        beaten = any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points.values())
+        assert beaten == (label not in starred), (label, points, starred)
+    for line in (trace for trace in fig.data if trace.mode == "lines"):  # drawn when the front has 2+ points
+        assert list(line.x) == sorted(line.x) and len(line.x) == len(starred)  # left to right: no zigzag
 
 
 def _beir_zip(path, members):
