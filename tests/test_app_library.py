@@ -380,3 +380,16 @@ def test_catalogue_titles_and_the_gallery_line(toy_gallery, tmp_path):
     line = ex.gallery_blurb("g")
     assert f"{len(SHAPES) + len(PDF_PAGES)} items" in line and f"{len(SHAPES)} images" in line
     assert "notes.pdf" in line and "demo gallery" in line
+
+
+def test_a_space_locks_model_paths_unless_the_operator_opts_in(monkeypatch):
+    monkeypatch.delenv("METAEMBED_ALLOW_MODEL_PATHS", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert ExplorerConfig.from_env().allow_model_paths
+    monkeypatch.setenv("SPACE_ID", "someone/metaembed-explorer")
+    assert not ExplorerConfig.from_env().allow_model_paths
+    monkeypatch.setenv("METAEMBED_ALLOW_MODEL_PATHS", "1")
+    assert ExplorerConfig.from_env().allow_model_paths
+    monkeypatch.setenv("METAEMBED_ALLOW_MODEL_PATHS", "0")
+    monkeypatch.delenv("SPACE_ID")
+    assert not ExplorerConfig.from_env().allow_model_paths
