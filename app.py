@@ -62,6 +62,8 @@ CSS = """
 #examples { flex-wrap: wrap; gap: 6px; }
 #examples button { flex: 0 0 auto; white-space: nowrap; }
 #try { flex: 0 0 auto; min-width: 0; width: auto; }
+#page-text .page-text { max-height: 260px; overflow-y: auto; padding: 8px; border: 1px solid #ddd;
+  font-size: 13px; line-height: 1.5; }
 """
 
 
@@ -146,12 +148,12 @@ def _checks(count: int, problems: dict[int, str | None]) -> list[dict[str, Any]]
     return [gr.validate(not problems.get(i), problems.get(i) or "") for i in range(count)]
 
 
-def validate_preset(preset, text, image, instruction, k, mode, k_prime, find):
+def validate_preset(preset, text, image, instruction, k, mode, k_prime, find, thumbnails=True):
     empty, shallow = query_problems(text, image, k, mode, k_prime)
     unknown = None if preset in PRESETS else f"preset {preset!r} is not one of {', '.join(PRESETS)}"
     if unknown:
         logger.info("user error (search): %s", unknown)
-    return _checks(8, {0: unknown, 1: empty, 6: shallow})
+    return _checks(9, {0: unknown, 1: empty, 6: shallow})
 
 
 def _sid(request: gr.Request | None) -> str:
@@ -184,25 +186,29 @@ class SearchTab:
 def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) -> SearchTab:
     """Query, budget sliders and presets, top-k and mode -> results, live figures and the ranking change."""
 
-    def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, request: gr.Request):
+    def do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, thumbnails=True,
+                  request: gr.Request = None):
         with friendly("search"):
             view = explorer.search(_sid(request), text, image, instruction, r_q, r_c, k, mode == "two-stage",
                                    k_prime, find)
         # The results gallery has no single-image view (a click opens token matches): each search shows a grid.
-        return view.entries, view.figures_md, view.diff_md, view.results, view.outcome.figures
+        # API callers that only want the ranking pass thumbnails=False and get no gallery to transfer.
+        return (view.entries if thumbnails else []), view.figures_md, view.diff_md, view.results, view.outcome.figures
 
-    def do_preset(preset, text, image, instruction, k, mode, k_prime, find, request: gr.Request):
+    def do_preset(preset, text, image, instruction, k, mode, k_prime, find, thumbnails=True,
+                  request: gr.Request = None):
         # validate_preset has checked that ``preset`` is one of PRESETS (the Radio's choices).
         r_q, r_c = (int(v) for v in preset.strip("()").split(","))
-        return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, request))
+        return (r_q, r_c, *do_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, thumbnails,
+                                     request))
 
-    def validate_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find):
+    def validate_search(text, image, instruction, r_q, r_c, k, mode, k_prime, find, thumbnails=True):
         empty, shallow = query_problems(text, image, k, mode, k_prime)
         bounds = {3: out_of_bounds(r_q_slider, "r_q", r_q), 4: out_of_bounds(r_c_slider, "r_c", r_c)}
         for problem in bounds.values():
             if problem:
                 logger.info("user error (search): %s", problem)
-        return _checks(9, {0: empty, 7: shallow, **bounds})
+        return _checks(10, {0: empty, 7: shallow, **bounds})
 
     def do_instructions(text, image, instruction, find, request: gr.Request):
         return "Instruction — " + explorer.active_instructions(_sid(request), text, image is not None, instruction,
@@ -250,6 +256,7 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
                     mode = gr.Radio(["exhaustive", "two-stage"], value="exhaustive", label="Scoring",
                                     info="two-stage: FAISS on token 0 per kind, then MaxSim on each kind's top k′")
                     k_prime = gr.Slider(1, 1000, value=100, step=1, label="k′ (first-stage shortlist per kind)")
+                thumbnails = gr.Checkbox(value=True, visible=False, label="thumbnails")  # API: False = ranking only
             with gr.Column(scale=3):
                 results = gr.Gallery(label="Results (click one for its token matches)", columns=4, height=520,
                                      object_fit="contain", elem_id="results", allow_preview=False)
@@ -260,14 +267,15 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
                 with gr.Accordion("Raw results and figures (what the API returns)", open=False):
                     results_json = gr.JSON(label="results")
                     figures_json = gr.JSON(label="figures")
-    inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime, find]
+    inputs = [text, image, instruction, r_q, r_c, k, mode, k_prime, find, thumbnails]
     outputs = [results, figures_md, diff_md, results_json, figures_json]
     # Sliders re-rank on release (not on every drag step); the cached query vectors are reused.
     gr.on([search_btn.click, text.submit, image.upload, r_q.release, r_c.release, k.release, k_prime.release,
            mode.input, find.input], do_search, inputs, outputs, api_name="search", trigger_mode="always_last",
           validator=validate_search)
-    preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime, find], [r_q, r_c, *outputs],
-                 api_name="preset_search", trigger_mode="always_last", validator=validate_preset)
+    preset.input(do_preset, [preset, text, image, instruction, k, mode, k_prime, find, thumbnails],
+                 [r_q, r_c, *outputs], api_name="preset_search", trigger_mode="always_last",
+                 validator=validate_preset)
     for i, button in enumerate(example_btns):
         button.click(lambda i=i: do_example(i), None, [text, image], api_visibility="private", queue=False).then(
             do_search, inputs, outputs, api_visibility="private", validator=validate_search)
@@ -286,17 +294,17 @@ def tokens_tab(explorer: Explorer, results: gr.Gallery, tabs: gr.Tabs) -> None:
 
     def do_tokens(rank, query_token, request: gr.Request):
         with friendly("token matches"):
-            fig, overlay, note, data = explorer.token_matches(_sid(request), rank, query_token)
-        return fig, overlay, note, data
+            return explorer.token_matches(_sid(request), rank, query_token)
 
     def do_select(query_token, evt: gr.SelectData, request: gr.Request):
         rank = int(evt.index) + 1
         return (rank, *do_tokens(rank, query_token, request), gr.Tabs(selected="tokens"))
 
     with gr.Tab("Token matches", id="tokens", elem_id="tokens-tab"):
-        gr.Markdown("Which candidate Meta Token each query Meta Token matches (circled) and its share of the "
-                    "MaxSim score, for a result of the last search; image candidates also show where the "
-                    "matched tokens attend.")
+        gr.Markdown("Which candidate Meta Token each query Meta Token matches (circled) and what it adds to the "
+                    "MaxSim score, for a result of the last search (click a result card, or pick its rank); the "
+                    "share of matches each candidate vector wins; where the matched tokens look in the picture "
+                    "and, for a PDF page, which words of its text they attend to.")
         with gr.Row():
             rank = gr.Number(value=1, precision=0, label="result rank", minimum=1)
             query_token = gr.Number(value=0, precision=0, minimum=0, label="overlay: query token (0 = all)")
@@ -304,11 +312,16 @@ def tokens_tab(explorer: Explorer, results: gr.Gallery, tabs: gr.Tabs) -> None:
         with gr.Row():
             heatmap = gr.Plot(label="similarity heatmap", elem_id="heatmap")
             with gr.Column():
-                overlay = gr.Image(label="attention overlay", type="pil", interactive=False)
-                overlay_note = gr.Markdown(label="overlay note")
+                overlay = gr.Image(label="attention overlay (red = where the matched tokens look)", type="pil",
+                                   interactive=False, height=520, elem_id="overlay")
+                overlay_note = gr.Markdown(label="overlay note", elem_id="overlay-note")
+        page_text = gr.HTML(elem_id="page-text")
         tokens_json = gr.JSON(label="token matches (data)", visible=False)
-    outputs = [heatmap, overlay, overlay_note, tokens_json]
+    outputs = [heatmap, overlay, overlay_note, page_text, tokens_json]
     tokens_btn.click(do_tokens, [rank, query_token], outputs, api_name="token_matches")
+    # Choosing another query token redraws the overlay and the highlight for that token's match.
+    query_token.submit(do_tokens, [rank, query_token], outputs, api_visibility="private", trigger_mode="always_last")
+    query_token.input(do_tokens, [rank, query_token], outputs, api_visibility="private", trigger_mode="always_last")
     results.select(do_select, [query_token], [rank, *outputs, tabs], api_name="select_result")
 
 
@@ -435,7 +448,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         explorer.close_session(request.session_hash)
 
     max_r_q, max_r_c = default_bounds(explorer.config.model)
-    # Result thumbnails are copied to Gradio's cache on every search: purge files older than an hour.
+    # Query uploads, overlays and plots pass through Gradio's cache: purge files older than an hour.
     with gr.Blocks(title="MetaEmbed Explorer", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
@@ -460,9 +473,13 @@ def main(argv: list[str] | None = None) -> None:
     config = ExplorerConfig.from_env(model=args.model, gallery=args.gallery)
     explorer = Explorer(config, build_eval_sets=build_eval_sets)
     demo = build_app(explorer)
+    # One model, two cores: encodes are serialised by the explorer's lock anyway, and 2 workers let a search
+    # be scored and sent while another encodes (benchmarks/bench_app.py, 8 visitors: 2 workers beat 1 and 4).
     demo.queue(default_concurrency_limit=2)
-    # Result thumbnails are served from the gallery folders (session folders have unguessable names).
+    # Result thumbnails are served as static files straight from the gallery folders (session folders have
+    # unguessable names): Gradio neither hashes nor copies them into its cache on each search.
     served = [str(p) for p in (config.gallery, config.session_root) if p is not None]
+    gr.set_static_paths(served)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=config.caps.max_bytes,
                 footer_links=["api", "gradio"], allowed_paths=served, prevent_thread_lock=True, css=CSS)
     # Load the model and demo gallery once the server answers, so startup stays within seconds.

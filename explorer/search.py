@@ -235,19 +235,22 @@ def check_depth(k: Any, two_stage: bool, k_prime: Any, n: int) -> tuple[int, int
     return k_eff, first_stage
 
 
-def encode_query(session: Session, encoder: MetaEmbedEncoder, query: Query) -> tuple[Any, float, bool]:
-    """Query vectors ``(R_q, D)`` from the session cache, else encode (and count it). Returns (vectors, ms, hit)."""
-    key = query.key()
+def encode_queries(session: Session, encoder: MetaEmbedEncoder, queries: Sequence[Query]) -> tuple[list[Any], float]:
+    """Query vectors ``(R_q, D)`` for each query, from the session cache where possible; the others are encoded
+    and counted. One at a time: a batch of one short text takes the encoder's fast single-query path (two
+    queries in one batch measured 467 ms against 17 ms for two single encodes with MetaEmbed-Mini). Returns
+    the vectors and the encode ms (0 when all were cached)."""
     fp = fingerprint(encoder)
-    cached = session.cached_query(fp, key)
-    if cached is not None:
-        return cached, 0.0, True
+    vectors = [session.cached_query(fp, q.key()) for q in queries]
+    missing = [i for i, v in enumerate(vectors) if v is None]
+    if not missing:
+        return vectors, 0.0
     start = time.perf_counter()
-    vectors = encoder.encode_queries([query.item()])[0]
-    ms = (time.perf_counter() - start) * 1000
-    session.encode_count += 1
-    session.store_query(fp, key, vectors)
-    return vectors, ms, False
+    for i in missing:
+        vectors[i] = encoder.encode_queries([queries[i].item()])[0]
+        session.encode_count += 1
+        session.store_query(fp, queries[i].key(), vectors[i])
+    return vectors, (time.perf_counter() - start) * 1000
 
 
 def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery,
@@ -262,15 +265,14 @@ def run_search(session: Session, encoder: MetaEmbedEncoder, gallery: Gallery,
         raise ExplorerError("the gallery is empty: add images or PDFs in the Gallery tab")
     k_eff, first_stage = check_depth(k, two_stage, k_prime, n)
     start = time.perf_counter()
-    encoded = [encode_query(session, encoder, query) for query, _ in groups]
-    encode_ms = sum(ms for _, ms, _ in encoded)
-    cache_hit = all(hit for _, _, hit in encoded)
+    encoded, encode_ms = encode_queries(session, encoder, [query for query, _ in groups])
+    cache_hit = encode_ms == 0.0
     if len(groups) == 1 and n == len(index):  # one encoding for every item: the index's own search
-        result = index.search(encoded[0][0], budget, k=k_eff, first_stage=first_stage)
+        result = index.search(encoded[0], budget, k=k_eff, first_stage=first_stage)
         ranked = Ranked(result.positions, result.scores, float(result.maxsim_ms), float(result.first_stage_ms),
                         int(result.bytes_read) + int(result.first_stage_bytes), int(result.candidates_scored or n))
     else:
-        ranked = rank_by_kind(index, split, [(v, kinds) for (v, _, _), (_, kinds) in zip(encoded, groups, strict=True)],
+        ranked = rank_by_kind(index, split, [(v, kinds) for v, (_, kinds) in zip(encoded, groups, strict=True)],
                               budget, k_eff, first_stage)
     search_ms = (time.perf_counter() - start) * 1000 - encode_ms
     total_ms = (time.perf_counter() - start) * 1000

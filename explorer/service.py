@@ -49,7 +49,7 @@ from explorer.search import (
 )
 from explorer.served import ServedGallery
 from explorer.session import Session, SessionStore
-from explorer.tokens import heatmap_figure, token_view
+from explorer.tokens import heatmap_figure, match_shares, token_view
 from index_builder import Gallery
 from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
@@ -258,9 +258,11 @@ class Explorer:
         return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
 
     def token_matches(self, session_id: str, rank: Any, query_token: Any = 0) -> tuple[go.Figure, Image.Image | None,
-                                                                                      str, dict[str, Any]]:
-        """Heatmap for result ``rank`` of the last search and, for image candidates, the attention overlay
-        of the matched candidate tokens (all rows' matches, or only query token ``query_token`` when > 0)."""
+                                                                                      str, str, dict[str, Any]]:
+        """Heatmap for result ``rank`` of the last search, the share of the MaxSim matches each candidate vector
+        wins and, for image and page candidates, where the matched candidate tokens (all rows' matches, or only
+        query token ``query_token``'s when > 0) attend: an overlay on the picture and, for a page, its text with
+        the words they attend to marked. Returns (figure, overlay, note, page-text HTML, data)."""
         session = self.session(session_id)
         with session.lock:
             last = session.last
@@ -281,31 +283,43 @@ class Explorer:
             if vectors is None:
                 raise ExplorerError("the query is no longer cached: search again")
             budget = last.budget
-        view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
-        caption = gallery.item(item_id).title
-        fig = heatmap_figure(view, f"#{position + 1} {Path(caption).name}: score {view.score:.3f} at {budget}")
         try:
             q_tok = int(query_token or 0)
         except (TypeError, ValueError) as err:
             raise ExplorerError(f"query token must be a whole number, got {query_token!r}") from err
         if not 0 <= q_tok <= budget.r_q:
             raise ExplorerError(f"query token must be 0 (all) or 1..{budget.r_q}, got {q_tok}")
+        view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
+        titles = self.demo.titles if session.gallery_choice == DEMO else {}
+        caption = display_title(gallery, item_id, titles)
+        fig = heatmap_figure(view, f"#{position + 1} {caption}: score {view.score:.3f} at {budget}")
         tokens = sorted(set(view.best)) if q_tok == 0 else [view.best[q_tok - 1]]
-        overlay_img, note = None, "Text-only candidate: no image to overlay."
+        shares = match_shares(view.best)
+        whose = "all query tokens" if q_tok == 0 else f"query token q{q_tok} (its match: c{tokens[0] + 1})"
+        lines = [f"**Matches won** ({len(view.best)} query tokens): "
+                 + ", ".join(f"c{j + 1} {count} ({share:.0%})" for j, count, share in shares)]
+        overlay_img, page_html = None, ""
         item = encoded_item(gallery, item_id)
-        if item is not None:
+        if item is None:
+            lines.append("Text-only candidate: no image to overlay.")
+        else:
             try:
                 with self._encode_lock:
                     weights = encoder.candidate_attention(item)
             except AttentionUnsupported as err:
-                note = f"{str(err)[:1].upper()}{str(err)[1:]}."
+                lines.append(f"{str(err)[:1].upper()}{str(err)[1:]}.")
             else:
                 overlay_img = attention.overlay(weights, tokens)
                 rows, cols = weights.visual.shape[1:]
-                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
-                        f"{rows}x{cols} visual tokens (last layer, heads averaged).")
-        data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens}
-        return fig, overlay_img, note, data
+                lines.append(f"Overlay: attention of {', '.join(f'c{t + 1}' for t in tokens)} — the candidate "
+                             f"token(s) matched by {whose} — over the {rows}x{cols} visual tokens (last layer, heads "
+                             "averaged).")
+                if gallery.item(item_id).is_page and item.text:
+                    page_html = attention.text_highlight(weights, item.text, tokens)
+                    lines.append("Below: the page's text, the words those tokens attend to most marked.")
+        data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens,
+                "shares": {f"c{j + 1}": share for j, _, share in shares}}
+        return fig, overlay_img, "\n\n".join(lines), page_html, data
 
     # ------------------------------------------------------------------ gallery uploads
     def upload(self, session_id: str, files: Sequence[str | Path] | None,

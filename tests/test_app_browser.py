@@ -141,6 +141,15 @@ def test_browser_demo_gallery_examples_markers_and_errors(tmp_path):
         assert page.locator("#results img").count() == shown
         page.screenshot(path=str(tmp_path / "02-empty-query.png"))
 
+        # A page result opens its token matches: the overlay, the share of matches, its text with words marked.
+        cards = page.locator("#results .caption-label").all_inner_texts()
+        page.locator("#results .thumbnail-item").nth(next(i for i, c in enumerate(cards) if " · page" in c)).click()
+        sync_api.expect(page.get_by_role("tab", name="Token matches")).to_have_attribute("aria-selected", "true")
+        sync_api.expect(page.locator("#page-text mark").first).to_be_visible()
+        sync_api.expect(page.locator("#overlay-note")).to_contain_text("Matches won")
+        sync_api.expect(page.locator("#overlay img")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "02-page-tokens.png"), full_page=True)
+
         for i, tab in enumerate(page.get_by_role("tab").all()):
             tab.click()
             page.wait_for_timeout(800)

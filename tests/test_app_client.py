@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from app_fixtures import PDF_PAGES, SHAPES, build_fixture, draw, running_app
 from gradio_client import Client, handle_file
@@ -12,7 +14,7 @@ from metaembed.budget import TRAINED_GROUPS
 
 pytestmark = pytest.mark.slow
 
-SEARCH_DEFAULTS = {"instruction": "", "k": 5, "mode": "exhaustive", "k_prime": 100}
+SEARCH_DEFAULTS = {"instruction": "", "k": 5, "mode": "exhaustive", "k_prime": 100, "find": "both"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def client(app_url):
 def search(client: Client, text: str | None, r_q: int, r_c: int, image=None, **kwargs):
     args = {**SEARCH_DEFAULTS, **kwargs}
     gallery, figures_md, diff_md, results, figures = client.predict(
-        text or "", image, args["instruction"], r_q, r_c, args["k"], args["mode"], args["k_prime"],
+        text or "", image, args["instruction"], r_q, r_c, args["k"], args["mode"], args["k_prime"], args["find"],
         api_name="/search")
     return gallery, figures_md, diff_md, results, figures
 
@@ -93,8 +95,9 @@ def test_two_stage_search_reports_first_stage(client):
 
 def test_token_matches_agree_with_search_score(client):
     _, _, _, results, _ = search(client, PDF_PAGES[0], 4, 8)
-    _, _, note, data = client.predict(1, 0, api_name="/token_matches")
+    _, _, note, _, data = client.predict(1, 0, api_name="/token_matches")
     assert data["id"] == results[0]["id"]
+    assert sum(data["shares"].values()) == pytest.approx(1.0) and "Matches won" in note
     assert len(data["similarity"]) == 4 and all(len(row) == 8 for row in data["similarity"])
     assert data["contributions"] == [max(row) for row in data["similarity"]]
     assert data["score"] == pytest.approx(results[0]["score"], abs=2e-2)  # index stores bf16
@@ -108,9 +111,21 @@ def test_image_candidate_gets_attention_overlay(client, tmp_path):
     draw(color, shape).save(path)
     _, _, _, results, _ = search(client, None, 16, 64, image=handle_file(str(path)))
     assert results[0]["source"].endswith(name)  # the identical image ranks first
-    _, overlay, note, data = client.predict(1, 1, api_name="/token_matches")
-    assert overlay is not None and "attention" in note.lower()
+    _, overlay, note, page_text, data = client.predict(1, 1, api_name="/token_matches")
+    assert overlay is not None and "attention" in note.lower() and page_text == ""  # an image: no page text
     assert data["overlay_tokens"] == [data["best"][0]]
+
+
+def test_a_page_match_highlights_the_words_its_tokens_attend_to(client):
+    _, _, _, results, _ = search(client, PDF_PAGES[1], 4, 8, find="pages")
+    assert results[0]["kind"] == "pdf-page"
+    _, overlay, note, page_text, data = client.predict(1, 0, api_name="/token_matches")
+    marked = re.findall(r"<mark[^>]*>([^<]+)</mark>", page_text)
+    words = " ".join(PDF_PAGES).split()
+    assert overlay is not None and marked and all(any(m.strip(" .,").lower() in w for w in words) for m in marked)
+    assert "page's text" in note
+    _, _, one_note, _, one = client.predict(1, 1, api_name="/token_matches")  # query token 1 alone
+    assert one["overlay_tokens"] == [data["best"][0]] and "query token q1" in one_note
 
 
 def test_bad_inputs_get_friendly_errors_and_server_stays_up(client, tmp_path):

@@ -75,7 +75,7 @@ def test_scores_match_the_scorer_and_token_view(explorer):
     query = session.cached_query(session.last.model_fp, session.last.kind_keys[top.kind])
     expected = maxsim_pairs(query[None], gallery.index.get_vectors(top.id)[None], Budget(4, 8))[0, 0]
     assert top.score == pytest.approx(float(expected), abs=2e-2)  # bf16 storage
-    fig, overlay, note, data = explorer.token_matches("s", 1)
+    fig, overlay, note, _, data = explorer.token_matches("s", 1)
     assert data["score"] == pytest.approx(top.score, abs=2e-2)
     assert overlay is None and "exposes no attention" in note  # the toy backend has no attention API
     assert len(fig.data) == 2
@@ -254,7 +254,7 @@ def test_each_kind_is_searched_with_its_own_instruction(explorer, tmp_path):
 def test_token_matches_of_a_page_use_the_page_query(explorer):
     view = explorer.search("p", PDF_PAGES[0], None, None, 4, 8, 6)
     rank = next(h.rank for h in view.outcome.hits if h.kind == "pdf-page")
-    _, _, _, data = explorer.token_matches("p", rank)
+    _, _, _, _, data = explorer.token_matches("p", rank)
     assert data["score"] == pytest.approx(view.outcome.hits[rank - 1].score, abs=2e-2)
 
 
@@ -317,7 +317,7 @@ def test_slider_bounds_come_from_the_model(toy_gallery, tmp_path):
 def test_attention_overlay_reads_the_real_mini_without_changing_it():
     import torch
 
-    from explorer.attention import overlay
+    from explorer.attention import LEGEND_HEIGHT, OVERLAY_WIDTH, overlay
     from metaembed.models import Item
     from metaembed.models.mini import MiniMetaEmbed
 
@@ -332,8 +332,15 @@ def test_attention_overlay_reads_the_real_mini_without_changing_it():
     assert maps.visual.shape == (model.num_candidate_tokens, grid, grid)
     total = maps.visual.sum(dim=(1, 2))
     assert bool((maps.visual >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
-    picture = overlay(maps, [0, 1])
-    assert picture.size == maps.canvas.size and picture.tobytes() != maps.canvas.tobytes()
+    picture, plain = overlay(maps, [0, 1]), overlay(maps, [])
+    assert picture.size == plain.size and picture.width == OVERLAY_WIDTH > maps.canvas.width  # enlarged
+    assert picture.height == round(OVERLAY_WIDTH * maps.canvas.height / maps.canvas.width) + LEGEND_HEIGHT
+    top = picture.height - LEGEND_HEIGHT
+    assert picture.crop((0, 0, picture.width, top)).tobytes() != plain.crop((0, 0, plain.width, top)).tobytes()
+    assert picture.crop((0, top, picture.width, picture.height)).tobytes() == \
+        plain.crop((0, top, plain.width, plain.height)).tobytes()  # the legend: the same colour ramp
+    ramp = [picture.getpixel((x, top + 15)) for x in (130, picture.width // 2, picture.width - 130)]
+    assert ramp[0][1] > ramp[1][1] > ramp[2][1]  # whiter to redder, as the heat layer
 
 
 def test_duplicate_upload_is_reported_and_not_kept(explorer, tmp_path):
