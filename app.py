@@ -342,23 +342,33 @@ def gallery_tab(explorer: Explorer, demo: gr.Blocks, blurb: gr.Markdown) -> None
     def do_status(request: gr.Request):
         return explorer.gallery_status(_sid(request))
 
-    with gr.Tab("Gallery", id="gallery"):
-        gr.Markdown(f"**Your own gallery** — {caps.describe()} Images (PNG, JPEG, GIF, BMP, TIFF, WebP) "
-                    "and PDFs (one item per page). Adding files extends your gallery.")
-        files = gr.File(file_count="multiple", label="Images and PDFs", file_types=["image", ".pdf"])
-        build_btn = gr.Button("Build / extend my gallery", variant="primary")
-        build_summary = gr.Markdown(label="upload summary")
-        with gr.Row():
-            which = gr.Radio([DEMO, OWN], value=DEMO, label="Search which gallery")
-            refresh_btn = gr.Button("Refresh status")
-        with gr.Row():
-            build_report = gr.JSON(label="last upload report (skipped files with reasons)")
-            status = gr.JSON(label="gallery in use")
     def do_blurb(request: gr.Request):
         return explorer.gallery_blurb(_sid(request))
 
+    def do_own(report, request: gr.Request):
+        rows = report.get("files", []) if isinstance(report, dict) else []
+        return pd.DataFrame(rows, columns=["file", "result", "reason"]), explorer.own_cards(_sid(request))
+
+    with gr.Tab("Gallery", id="gallery"):
+        gr.Markdown(f"**Your own gallery** — {caps.describe()} Images (PNG, JPEG, GIF, BMP, TIFF, WebP) "
+                    "and PDFs (one item per page). Adding files extends your gallery; the Search tab then "
+                    "searches it (switch back below).")
+        files = gr.File(file_count="multiple", label="Images and PDFs", file_types=["image", ".pdf"])
+        build_btn = gr.Button("Build / extend my gallery", variant="primary")
+        build_summary = gr.Markdown(label="upload summary", elem_id="upload-summary")
+        file_table = gr.Dataframe(headers=["file", "result", "reason"], label="this upload, file by file",
+                                  interactive=False, wrap=True, elem_id="upload-table")
+        with gr.Row():
+            which = gr.Radio([DEMO, OWN], value=DEMO, label="Search which gallery")
+            refresh_btn = gr.Button("Refresh status")
+        own_gallery = gr.Gallery(label="your gallery", columns=8, height=260, allow_preview=False,
+                                 elem_id="own-gallery")
+        with gr.Accordion("Raw upload report and gallery status (what the API returns)", open=False):
+            build_report = gr.JSON(label="last upload report")
+            status = gr.JSON(label="gallery in use")
     build_btn.click(do_upload, [files], [build_report, build_summary, status, which], api_name="upload").then(
-        do_blurb, None, [blurb], api_visibility="private")
+        do_blurb, None, [blurb], api_visibility="private").then(
+        do_own, [build_report], [file_table, own_gallery], api_visibility="private")
     which.input(do_use_gallery, [which], [status], api_name="use_gallery").then(
         do_blurb, None, [blurb], api_visibility="private")
     refresh_btn.click(do_status, None, [status], api_name="gallery_status")

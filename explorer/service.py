@@ -336,7 +336,18 @@ class Explorer:
                 session.last = None
             if session.own_gallery is not None:
                 report.gallery = gallery_stats(session.own_gallery)
+            report.left = uploads.caps_left(session, self.config.caps)
+        logger.info("upload: %d file(s) accepted, %d item(s) indexed, %d skipped; own gallery %d item(s)",
+                    len(report.accepted), report.indexed, len(report.skipped), report.gallery.get("items", 0))
         return report.to_dict()
+
+    def own_cards(self, session_id: str) -> list[tuple[Path | Image.Image, str]]:
+        """Thumbnails and titles of this session's own gallery (empty before the first upload)."""
+        session = self.session(session_id)
+        gallery = session.own_gallery
+        if gallery is None:
+            return []
+        return [(display_image(gallery, i), display_title(gallery, i, {})) for i in gallery.index.ids]
 
     # ------------------------------------------------------------------ trade-off
     def sweep(self, session_id: str, source: str, file: str | Path | None, budgets_text: str,

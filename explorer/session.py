@@ -64,6 +64,8 @@ class Session:
     own_gallery: Gallery | None = None
     #: Files admitted into ``uploads_dir()`` by their display name ("uploads/a.png"): what the caps count.
     uploads: dict[str, InputFile] = field(default_factory=dict)
+    #: display name -> the file name the visitor uploaded it as (the folder may have renamed a clash)
+    upload_names: dict[str, str] = field(default_factory=dict)
     model_name: str | None = None
     encode_count: int = 0
     last: LastSearch | None = None
@@ -92,6 +94,7 @@ class Session:
         """Forget everything and delete this session's files."""
         self._queries.clear()
         self.uploads.clear()
+        self.upload_names.clear()
         self.own_gallery = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

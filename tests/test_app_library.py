@@ -350,8 +350,36 @@ def test_duplicate_upload_is_reported_and_not_kept(explorer, tmp_path):
     report = explorer.upload("dave", [first, copy])
     assert report["indexed"] == 1 and report["total_items"] == 1
     (skip,) = report["skipped"]
-    assert {skip["file"], skip["reason"].removeprefix("same content as ")} == {"a.png", "a-copy.png"}
+    assert {skip["file"], skip["reason"].removeprefix("same content as ").removesuffix(", already in your gallery")} \
+        == {"a.png", "a-copy.png"}
     assert len(list(explorer.session("dave").uploads_dir().iterdir())) == 1
+    # Another file called a.png (stored as a-1.png), then its copy under a third name: the report names the
+    # files the visitor uploaded, never the folder's renamed copy.
+    other = tmp_path / "other" / "a.png"
+    other.parent.mkdir()
+    draw((200, 10, 10), "cross").save(other)
+    again = tmp_path / "b.png"
+    again.write_bytes(other.read_bytes())
+    assert explorer.upload("dave", [other])["indexed"] == 1
+    (skip,) = explorer.upload("dave", [again])["skipped"]
+    assert skip == {"file": "b.png", "reason": "same content as a.png, already in your gallery"}
+
+
+def test_upload_report_rows_caps_left_and_web_wording(explorer, tmp_path):
+    from ingest_fixtures import write_pdf
+
+    big = write_pdf(tmp_path / "big.pdf", [f"page {i}" for i in range(5)])  # the fixture caps: 4 pages, 3 files
+    small = tmp_path / "small.png"
+    draw((1, 200, 1), "circle").save(small)
+    report = explorer.upload("erin", [small, big])
+    assert report["files"] == [["small.png", "indexed", ""], ["big.pdf", "skipped", report["skipped"][0]["reason"]]]
+    reason = report["skipped"][0]["reason"]
+    assert "this PDF has 5 pages" in reason and "3 of 4 images/pages left" in reason and "--" not in reason
+    assert report["left"] == {"files": 2, "pages": 3, "mb": pytest.approx(1 - small.stat().st_size / 2**20, abs=0.1)}
+    assert "You can still add 2 file(s), 3 images/pages" in report["summary"]
+    cards = explorer.own_cards("erin")
+    assert [caption for _, caption in cards] == ["small.png"] and Path(cards[0][0]).is_file()
+    assert explorer.own_cards("nobody") == []
 
 
 def test_result_cards_name_items_and_mark_rank_moves(explorer):
