@@ -10,7 +10,9 @@ Every search is a real HTTP round trip of a real visitor (`gradio_client.Client`
 Each scenario runs twice: as an API caller that skips the thumbnails (``thumbnails=False``), and as one that
 asks for them and downloads each thumbnail the way a browser fetches them. The baseline, measured in the
 same run from the same responses, is the server's own work per search (``figures.total_ms``: encode + score),
-so the gap is what Gradio, the queue and the transfer add. The last line of stdout is JSON.
+so the gap is what Gradio, the queue and the transfer add; ``client_floor`` is the round trip of an endpoint that
+does no work (``/gallery_status``): gradio_client itself polls its message queue every 50 ms, so no
+round trip through it is shorter. The last line of stdout is JSON.
 """
 
 from __future__ import annotations
@@ -104,6 +106,19 @@ def summary(trips: list[tuple[float, float]], errors: int, wall_s: float | None 
     return out
 
 
+def client_floor(url: str, n: int) -> dict:
+    """Round trip of ``/gallery_status`` (a dict lookup on the server): what gradio_client and the queue cost."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=False)
+    ms = []
+    for _ in range(n):
+        start = time.perf_counter()
+        client.predict(api_name="/gallery_status")
+        ms.append((time.perf_counter() - start) * 1000)
+    return {"calls": n, "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(percentile(ms, 95), 1)}
+
+
 def single(url: str, n: int, thumbnails: bool, new_queries: bool, tag: str) -> dict:
     visitor = Visitor(url, thumbnails)
     visitor.search(f"warm-up {tag}", 8, 16)
@@ -156,7 +171,9 @@ def main() -> None:
         proc, url = (None, args.url) if args.url else launch(Path(tmp))
         try:
             Visitor(url, False).search("first search loads the model", 8, 16)
-            result: dict = {"cpus": os.cpu_count(), "searches_per_visitor": args.searches}
+            result: dict = {"cpus": os.cpu_count(), "searches_per_visitor": args.searches,
+                            "client_floor": client_floor(url, args.searches)}
+            print(f"client floor {result['client_floor']}", file=sys.stderr)
             for thumbnails in [m == "thumbnails" for m in args.modes]:
                 mode = "with_thumbnails" if thumbnails else "api_no_thumbnails"
                 result[mode] = {}
