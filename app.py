@@ -399,11 +399,12 @@ def tradeoff_tab(explorer: Explorer) -> None:
             eval_file = gr.File(label="your eval file", file_types=[".zip", ".csv", ".jsonl", ".json"])
         with gr.Row():
             budgets = gr.Textbox(value="1x1,2x4,4x8,8x16,16x64,16x16,4x64", label="budgets (RQxRC, comma-separated)")
-            cost = gr.Radio(["bytes read", "scoring latency"], value="bytes read", label="Pareto cost")
+            cost = gr.Radio(["bytes read", "scoring latency"], value="bytes read", label="cost (the x axis)",
+                            info="the Pareto front is computed on the plotted axes")
             sweep_two_stage = gr.Checkbox(label="two-stage", value=False)
             sweep_k_prime = gr.Number(value=100, precision=0, minimum=1, label="k′")
         sweep_btn = gr.Button("Run sweep", variant="primary")
-        sweep_plot = gr.Plot(label="quality vs latency vs bytes")
+        sweep_plot = gr.Plot(label="quality vs cost")
         sweep_summary = gr.Markdown(label="sweep summary")
         sweep_table = gr.Dataframe(label="sweep (★ = Pareto-optimal)", interactive=False,
                                    headers=["budget", "metrics…", "scoring ms/query", "bytes read/query", "Pareto"])
