@@ -42,6 +42,15 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
+def _allow_model_paths(env: os._Environ[str] | dict[str, str]) -> bool:
+    """METAEMBED_ALLOW_MODEL_PATHS when set; otherwise on, except on a Hugging Face Space (``SPACE_ID`` set),
+    where a visitor could otherwise make the shared server load any checkpoint folder it can read."""
+    raw = env.get(ENV["allow_model_paths"], "").strip().lower()
+    if not raw:
+        return not env.get("SPACE_ID")
+    return raw not in ("0", "false", "no")
+
+
 @dataclass(frozen=True)
 class UploadCaps:
     """Per-session upload limits. Defaults are Spaces-safe (2 vCPU, 16 GB RAM, shared by visitors)."""
@@ -98,7 +107,7 @@ class ExplorerConfig:
             session_ttl_s=_int_env(ENV["session_ttl_s"], default.session_ttl_s),
             max_eval_corpus=_int_env(ENV["max_eval_corpus"], default.max_eval_corpus),
             bundled_eval_limit=_int_env(ENV["bundled_eval_limit"], default.bundled_eval_limit),
-            allow_model_paths=env.get(ENV["allow_model_paths"], "1").strip().lower() not in ("0", "false", "no"),
+            allow_model_paths=_allow_model_paths(env),
             serve_url=env.get(ENV["serve_url"]) or None,
         )
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -4,6 +4,7 @@ answers queries from the model that built it)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import textwrap
 import threading
@@ -18,7 +19,6 @@ from index_builder import Gallery, GalleryError, InputSkipped, info, load_galler
 from index_builder.items import candidate_item
 from index_builder.storage import THUMB_SIDE
 from metaembed.models import Item, MetaEmbedEncoder
-from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +34,36 @@ def resolve_gallery_dir(path: Path) -> Path:
     return found[0] if found else path
 
 
-def query_instruction(gallery: Gallery, has_text: bool, has_image: bool) -> str | None:
-    """The training-time query instruction for this gallery's task (candidates were encoded with theirs).
+#: Words of a page's text that stand for its heading on a result card.
+HEADING_WORDS = 6
 
-    Text-only queries: "find the page" when most items are PDF pages, else "find the image"; image queries
-    have no trained instruction for image candidates, so none is added.
-    """
-    if not has_text or has_image:
-        return None
-    ids = gallery.index.ids
-    pages = sum(1 for i in ids if gallery.item(i).is_page)
-    return (TEXT_TO_PAGE if pages * 2 > len(ids) else TEXT_TO_IMAGE).query
+
+def catalogue_titles(gallery_dir: Path) -> dict[str, str]:
+    """``source -> title`` from a ``sources.jsonl`` (rows with ``file`` and ``title``) in the gallery folder or
+    the folder it indexed (its parent, as for the demo gallery); empty when there is none."""
+    for folder in (gallery_dir, gallery_dir.parent):
+        path = folder / "sources.jsonl"
+        if path.is_file():
+            titles = {}
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line) if line.strip() else {}
+                if row.get("file") and row.get("title"):
+                    titles[str(row["file"])] = str(row["title"])
+            return titles
+    return {}
+
+
+def display_title(gallery: Gallery, item_id: str, titles: dict[str, str]) -> str:
+    """What a result card calls an item: a clip's catalogue title, a page's opening words with its file and
+    page number, else the file name (and page)."""
+    record = gallery.item(item_id)
+    name = Path(record.source).name
+    if record.is_page:
+        words = (record.text or "").split()
+        heading = " ".join(words[:HEADING_WORDS]) + ("…" if len(words) > HEADING_WORDS else "")
+        return f"{heading} — {name} p. {record.page}" if heading else f"{name} p. {record.page}"
+    title = titles.get(record.source)
+    return f"{title} ({name})" if title else name
 
 
 class DemoGallery:
@@ -53,6 +72,7 @@ class DemoGallery:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._gallery: Gallery | None = None
+        self.titles: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def get(self) -> Gallery:
@@ -63,6 +83,7 @@ class DemoGallery:
                     raise ExplorerError(f"the demo gallery is not available at {self.path}; upload your own files "
                                         "in the Gallery tab, or set METAEMBED_GALLERY to a gallery directory")
                 self._gallery = open_gallery(path)
+                self.titles = catalogue_titles(path)
             return self._gallery
 
 
@@ -72,6 +93,18 @@ def open_gallery(path: Path) -> Gallery:
         return load_gallery(path)
     except (GalleryError, OSError, ValueError) as err:
         raise ExplorerError(f"cannot open gallery {path}: {err}") from err
+
+
+def gallery_blurb(gallery: Gallery, label: str) -> str:
+    """One line on what a gallery holds, for the landing: counts by kind and the documents the pages come from."""
+    stats = gallery_stats(gallery)
+    documents = sorted({Path(gallery.item(i).source).name for i in gallery.index.ids if gallery.item(i).is_page})
+    docs = ""
+    if documents:
+        shown = ", ".join(documents[:3]) + (f" and {len(documents) - 3} more" if len(documents) > 3 else "")
+        docs = f" from {len(documents)} PDF{'s' if len(documents) > 1 else ''} ({shown})"
+    return (f"Searching **{'your' if label == 'your' else 'the demo'} gallery**: {stats['items']:,} items — "
+            f"{stats['images']:,} images and {stats['pages']:,} PDF pages{docs}.")
 
 
 def gallery_stats(gallery: Gallery) -> dict[str, Any]:

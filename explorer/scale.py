@@ -39,6 +39,8 @@ class ScaleEstimate:
     flops: int
     device: str
     device_gib: float
+    #: The memory the verdict names: the device, or the size the user typed.
+    memory: str = ""
 
     @property
     def index_gib(self) -> float:
@@ -53,13 +55,15 @@ class ScaleEstimate:
         return fits_in_memory(self.index_bytes, self.device_gib)
 
     def verdict(self) -> str:
-        """One plain sentence for the UI."""
+        """One plain sentence for the UI, naming the memory the user chose; advice only for what is not chosen."""
         share = 100 * self.index_gib / self.device_gib
         head = (f"Budget {self.budget}, N={self.n:,}, D={self.dim}, {self.dtype}: index {self.index_gib:.2f} GiB "
-                f"({share:.0f}% of {self.device}), {self.gflops:,.2f} GFLOPs per query.")
+                f"({share:.0f}% of {self.memory or self.device}), {self.gflops:,.2f} GFLOPs per query.")
         if self.fits:
             return f"{head} Fits (keeping 10% headroom)."
-        return f"{head} Does not fit: lower r_c, use bf16, or shard the index / keep it in CPU RAM."
+        advice = [*([f"lower r_c (now {self.budget.r_c})"] if self.budget.r_c > 1 else []),
+                  *(["use bf16"] if self.dtype != "bf16" else []), "shard the index / keep it in CPU RAM"]
+        return f"{head} Does not fit: {', '.join(advice[:-1])}{' or ' if len(advice) > 1 else ''}{advice[-1]}."
 
 
 def estimate(budget: Budget, n: int, dim: int, dtype: str = "bf16", device: str = "A100 / H100 (80 GiB)",
@@ -74,18 +78,20 @@ def estimate(budget: Budget, n: int, dim: int, dtype: str = "bf16", device: str 
     gib = device_gib if device_gib is not None else DEVICES_GIB.get(device)
     if gib is None or gib <= 0:
         raise ValueError(f"unknown device {device!r}; give its memory in GiB")
+    memory = device if device_gib is None else f"your {gib:g} GiB"
     return ScaleEstimate(budget=budget, n=n, dim=dim, dtype=dtype,
                          index_bytes=index_bytes(n, budget.r_c, dim, element_size(dtype)),
-                         flops=scoring_flops(budget, n, dim), device=device, device_gib=float(gib))
+                         flops=scoring_flops(budget, n, dim), device=device, device_gib=float(gib), memory=memory)
 
 
 def table(budgets: list[Budget], n: int, dim: int, dtype: str, device: str,
-          device_gib: float | None = None) -> list[list[object]]:
-    """Rows ``[budget, GFLOPs, index GiB, fits]`` for the calculator's table."""
+          device_gib: float | None = None, chosen: Budget | None = None) -> list[list[object]]:
+    """Rows ``[budget, GFLOPs, index GiB, fits]`` for the calculator's table; ``chosen`` (the user's budget)
+    is always the first row, labelled as theirs, even when it is also one of ``budgets``."""
     rows: list[list[object]] = []
-    for budget in budgets:
+    for budget, label in [*([(chosen, f"{chosen} (yours)")] if chosen else []), *((b, str(b)) for b in budgets)]:
         est = estimate(budget, n, dim, dtype, device, device_gib)
-        rows.append([str(budget), round(est.gflops, 3), round(est.index_gib, 2), "yes" if est.fits else "no"])
+        rows.append([label, round(est.gflops, 3), round(est.index_gib, 2), "yes" if est.fits else "no"])
     return rows
 
 

@@ -24,25 +24,32 @@ from explorer.gallery import (
     DemoGallery,
     check_match,
     display_image,
+    display_title,
     encoded_item,
+    gallery_blurb,
     gallery_stats,
-    query_instruction,
     text_card,
 )
 from explorer.models import ModelCache, fingerprint, load_model
 from explorer.search import (
     Query,
     SearchOutcome,
+    card_caption,
     check_bounds,
     check_budget,
+    describe_instructions,
     diff_markdown,
     figures_markdown,
+    find_kinds,
+    kind_split,
+    plan_queries,
+    rank_marker,
     run_search,
     run_served_search,
 )
 from explorer.served import ServedGallery
 from explorer.session import Session, SessionStore
-from explorer.tokens import heatmap_figure, token_view
+from explorer.tokens import heatmap_figure, match_shares, token_view
 from index_builder import Gallery
 from metaembed import fused_maxsim
 from metaembed.budget import TRAINED_GROUPS, Budget, BudgetError, parse_budgets
@@ -157,6 +164,30 @@ class Explorer:
             session.last = None
         return self.gallery_status(session_id)
 
+    def example_image(self) -> str | None:
+        """A picture of the demo gallery (its first image whose file is here), for the one-click image example."""
+        try:
+            gallery = self.demo.get()
+        except ExplorerError:
+            return None
+        for item_id in gallery.index.ids:
+            source = gallery.source(item_id)
+            if not gallery.item(item_id).is_page and source is not None and source.is_file():
+                return str(source)
+        return None
+
+    def gallery_blurb(self, session_id: str) -> str:
+        """One line on what the session's gallery holds (the landing's first line, the Search tab's badge)."""
+        session = self.session(session_id)
+        if self.served is not None and session.gallery_choice == DEMO:
+            info = self.served.info()
+            return f"Searching **the served gallery** at {self.served.url}: {int(info['count']):,} items."
+        try:
+            gallery, label = self._gallery(session)
+        except ExplorerError as err:
+            return f"⚠ {err}"
+        return gallery_blurb(gallery, label)
+
     def gallery_status(self, session_id: str) -> dict[str, Any]:
         """Counts and bytes of the gallery this session searches."""
         session = self.session(session_id)
@@ -167,10 +198,24 @@ class Explorer:
         return {"gallery": session.gallery_choice, "label": label, **gallery_stats(gallery)}
 
     # ------------------------------------------------------------------ search
+    def active_instructions(self, session_id: str, text: str | None, has_image: bool, instruction: str | None,
+                            find: str | None = "both") -> str:
+        """The instruction(s) a search with these inputs would encode the query with, for the query box."""
+        session = self.session(session_id)
+        try:
+            _, gallery = self._context(session)
+            kinds = find_kinds(find, list(kind_split(gallery).positions))
+        except ExplorerError as err:
+            return f"⚠ {err}"
+        picture = Image.new("RGB", (1, 1)) if has_image else None
+        groups = plan_queries(text if (text or "").strip() else "text", picture, instruction, kinds)
+        return describe_instructions({kind: q.instruction for q, group in groups for kind in group})
+
     def search(self, session_id: str, text: str | None, image: str | Path | Image.Image | None,
                instruction: str | None, r_q: Any, r_c: Any, k: Any = 10, two_stage: bool = False,
-               k_prime: Any = 100) -> SearchView:
-        """Rank the session's gallery; only a new query (text/image/instruction) is encoded."""
+               k_prime: Any = 100, find: str | None = "both") -> SearchView:
+        """Rank the session's gallery for the kinds ``find`` names (images, pages or both); the query is
+        encoded once per distinct instruction those kinds need, and only a new query is encoded."""
         session = self.session(session_id)
         picture = _open_query_image(image)
         if self.served is not None and session.gallery_choice == DEMO:
@@ -178,19 +223,20 @@ class Explorer:
         with session.lock:
             encoder, gallery = self._context(session)
             budget = check_budget(r_q, r_c, encoder, gallery.index)
-            query = Query(text=text, image=picture, instruction=_instruction(instruction, gallery, text, picture))
+            kinds = find_kinds(find, list(kind_split(gallery).positions))
+            groups = plan_queries(text, picture, instruction, kinds)
             with self._encode_lock:
-                outcome = run_search(session, encoder, gallery, query, budget, k, bool(two_stage), k_prime)
-        captions = {h.id: h.caption for h in outcome.hits}
-        captions.update({i: gallery.item(i).title for i in outcome.moved_out})
-        entries = [(display_image(gallery, h.id), f"#{h.rank} {Path(h.caption).name} · {h.score:.3f}")
-                   for h in outcome.hits]
+                outcome = run_search(session, encoder, gallery, groups, budget, k, bool(two_stage), k_prime)
+        titles = self.demo.titles if session.gallery_choice == DEMO else {}
+        names = {i: display_title(gallery, i, titles) for i in [*[h.id for h in outcome.hits], *outcome.moved_out]}
+        entries = [(display_image(gallery, h.id), card_caption(h, outcome, names[h.id])) for h in outcome.hits]
         results = []
         for h in outcome.hits:
             record = gallery.item(h.id)
-            results.append({"rank": h.rank, "id": h.id, "score": h.score, "source": h.caption,
-                            "file": record.source, "page": record.page, "kind": record.kind})
-        return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
+            results.append({"rank": h.rank, "id": h.id, "score": h.score, "title": names[h.id], "source": h.caption,
+                            "file": record.source, "page": record.page, "kind": record.kind,
+                            "marker": rank_marker(outcome, h.id)})
+        return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, names), results)
 
     def _served_search(self, session: Session, text: str | None, picture: Image.Image | None,
                        instruction: str | None, r_q: Any, r_c: Any, k: Any, two_stage: bool,
@@ -203,7 +249,7 @@ class Explorer:
             given = (instruction or "").strip()
             query = Query(text=text, image=picture, instruction=None if given.lower() == "none" else given or None)
             outcome, hits = run_served_search(session, served, query, budget, k, bool(two_stage), k_prime)
-        entries = [(served.thumbnail(h) or text_card(c.caption), f"#{c.rank} {Path(c.caption).name} · {c.score:.3f}")
+        entries = [(served.thumbnail(h) or text_card(c.caption), card_caption(c, outcome, c.caption))
                    for h, c in zip(hits, outcome.hits, strict=True)]
         results = [{"rank": c.rank, "id": c.id, "score": c.score, "source": c.caption, "file": h.get("source"),
                     "page": h.get("page"), "kind": h.get("kind"), "shard": h.get("shard")}
@@ -212,9 +258,11 @@ class Explorer:
         return SearchView(outcome, entries, figures_markdown(outcome), diff_markdown(outcome, captions), results)
 
     def token_matches(self, session_id: str, rank: Any, query_token: Any = 0) -> tuple[go.Figure, Image.Image | None,
-                                                                                      str, dict[str, Any]]:
-        """Heatmap for result ``rank`` of the last search and, for image candidates, the attention overlay
-        of the matched candidate tokens (all rows' matches, or only query token ``query_token`` when > 0)."""
+                                                                                      str, str, dict[str, Any]]:
+        """Heatmap for result ``rank`` of the last search, the share of the MaxSim matches each candidate vector
+        wins and, for image and page candidates, where the matched candidate tokens (all rows' matches, or only
+        query token ``query_token``'s when > 0) attend: an overlay on the picture and, for a page, its text with
+        the words they attend to marked. Returns (figure, overlay, note, page-text HTML, data)."""
         session = self.session(session_id)
         with session.lock:
             last = session.last
@@ -231,35 +279,47 @@ class Explorer:
                 raise ExplorerError(f"rank must be between 1 and {len(last.ids)}, got {rank}")
             encoder, gallery = self._context(session)
             item_id = last.ids[position]
-            vectors = session.cached_query(last.model_fp, last.query_key)
+            vectors = session.cached_query(last.model_fp, last.kind_keys[gallery.item(item_id).kind])
             if vectors is None:
                 raise ExplorerError("the query is no longer cached: search again")
             budget = last.budget
-        view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
-        caption = gallery.item(item_id).title
-        fig = heatmap_figure(view, f"#{position + 1} {Path(caption).name}: score {view.score:.3f} at {budget}")
         try:
             q_tok = int(query_token or 0)
         except (TypeError, ValueError) as err:
             raise ExplorerError(f"query token must be a whole number, got {query_token!r}") from err
         if not 0 <= q_tok <= budget.r_q:
             raise ExplorerError(f"query token must be 0 (all) or 1..{budget.r_q}, got {q_tok}")
+        view = token_view(vectors, gallery.index.get_vectors(item_id), budget)
+        titles = self.demo.titles if session.gallery_choice == DEMO else {}
+        caption = display_title(gallery, item_id, titles)
+        fig = heatmap_figure(view, f"#{position + 1} {caption}: score {view.score:.3f} at {budget}")
         tokens = sorted(set(view.best)) if q_tok == 0 else [view.best[q_tok - 1]]
-        overlay_img, note = None, "Text-only candidate: no image to overlay."
+        shares = match_shares(view.best)
+        whose = "all query tokens" if q_tok == 0 else f"query token q{q_tok} (its match: c{tokens[0] + 1})"
+        lines = [f"**Matches won** ({len(view.best)} query tokens): "
+                 + ", ".join(f"c{j + 1} {count} ({share:.0%})" for j, count, share in shares)]
+        overlay_img, page_html = None, ""
         item = encoded_item(gallery, item_id)
-        if item is not None:
+        if item is None:
+            lines.append("Text-only candidate: no image to overlay.")
+        else:
             try:
                 with self._encode_lock:
                     weights = encoder.candidate_attention(item)
             except AttentionUnsupported as err:
-                note = f"{str(err)[:1].upper()}{str(err)[1:]}."
+                lines.append(f"{str(err)[:1].upper()}{str(err)[1:]}.")
             else:
                 overlay_img = attention.overlay(weights, tokens)
                 rows, cols = weights.visual.shape[1:]
-                note = (f"Attention of candidate token(s) {', '.join(f'c{t + 1}' for t in tokens)} over the "
-                        f"{rows}x{cols} visual tokens (last layer, heads averaged).")
-        data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens}
-        return fig, overlay_img, note, data
+                lines.append(f"Overlay: attention of {', '.join(f'c{t + 1}' for t in tokens)} — the candidate "
+                             f"token(s) matched by {whose} — over the {rows}x{cols} visual tokens (last layer, heads "
+                             "averaged).")
+                if gallery.item(item_id).is_page and item.text:
+                    page_html = attention.text_highlight(weights, item.text, tokens)
+                    lines.append("Below: the page's text, the words those tokens attend to most marked.")
+        data = {"id": item_id, "source": caption, **view.to_dict(), "overlay_tokens": tokens,
+                "shares": {f"c{j + 1}": share for j, _, share in shares}}
+        return fig, overlay_img, "\n\n".join(lines), page_html, data
 
     # ------------------------------------------------------------------ gallery uploads
     def upload(self, session_id: str, files: Sequence[str | Path] | None,
@@ -276,7 +336,18 @@ class Explorer:
                 session.last = None
             if session.own_gallery is not None:
                 report.gallery = gallery_stats(session.own_gallery)
+            report.left = uploads.caps_left(session, self.config.caps)
+        logger.info("upload: %d file(s) accepted, %d item(s) indexed, %d skipped; own gallery %d item(s)",
+                    len(report.accepted), report.indexed, len(report.skipped), report.gallery.get("items", 0))
         return report.to_dict()
+
+    def own_cards(self, session_id: str) -> list[tuple[Path | Image.Image, str]]:
+        """Thumbnails and titles of this session's own gallery (empty before the first upload)."""
+        session = self.session(session_id)
+        gallery = session.own_gallery
+        if gallery is None:
+            return []
+        return [(display_image(gallery, i), display_title(gallery, i, {})) for i in gallery.index.ids]
 
     # ------------------------------------------------------------------ trade-off
     def sweep(self, session_id: str, source: str, file: str | Path | None, budgets_text: str,
@@ -302,8 +373,11 @@ class Explorer:
                 raise ExplorerError(f"budget out of range: {err}") from err
         header, rows = tradeoff.table_rows(report, cost)
         front = [r[0] for r in rows if r[-1]]
-        summary = (f"{report.data}: {len(report.results)} budgets, {report.main_metric}; Pareto-optimal: "
-                   f"{', '.join(front)}")
+        queries = tradeoff.query_count(report)
+        latency = report.encoding.get("latency", "mean over the queries, one pass")
+        summary = (f"**{Path(report.data).name}**: {queries if queries is not None else '?'} queries, "
+                   f"{len(report.results)} budgets, main metric {report.main_metric}; scoring latency: {latency}. "
+                   f"Pareto-optimal on {'latency' if cost == 'latency' else 'bytes read'}: {', '.join(front)}")
         return tradeoff.tradeoff_figure(report, cost), header, rows, summary
 
     def _bundled_sweep(self, encoder: MetaEmbedEncoder, budgets: list[Budget], first_stage: int | None) -> Any:
@@ -359,20 +433,11 @@ class Explorer:
             n_int = int(n)
             chosen = Budget(int(r_q), int(r_c))
             gib = float(device_gib) if device_gib not in (None, "", 0) else None
-            budgets = list(dict.fromkeys([*TRAINED_GROUPS, chosen]))
-            rows = scale.table(budgets, n_int, dim, dtype, device, gib)
+            rows = scale.table(list(TRAINED_GROUPS), n_int, dim, dtype, device, gib, chosen=chosen)
             verdict = scale.estimate(chosen, n_int, dim, dtype, device, gib).verdict()
         except (KeyError, ValueError, TypeError, BudgetError) as err:
             raise ExplorerError(f"scale calculator: {err}") from err
         return rows, verdict
-
-
-def _instruction(given: str | None, gallery: Any, text: str | None, image: Image.Image | None) -> str | None:
-    """Empty -> the gallery task's trained query instruction; "none" -> no instruction; else as typed."""
-    given = (given or "").strip()
-    if given.lower() == "none":
-        return None
-    return given or query_instruction(gallery, bool(text and text.strip()), image is not None)
 
 
 def _open_query_image(image: str | Path | Image.Image | None) -> Image.Image | None:

@@ -50,6 +50,8 @@ class LastSearch:
     budget: Budget
     ids: list[str]
     served: bool = False  #: searched on a metaembed.serve server: its vectors are not here
+    #: item kind -> cache key of the query vectors that scored items of that kind (one encode per instruction)
+    kind_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Session:
     own_gallery: Gallery | None = None
     #: Files admitted into ``uploads_dir()`` by their display name ("uploads/a.png"): what the caps count.
     uploads: dict[str, InputFile] = field(default_factory=dict)
+    #: display name -> the file name the visitor uploaded it as (the folder may have renamed a clash)
+    upload_names: dict[str, str] = field(default_factory=dict)
     model_name: str | None = None
     encode_count: int = 0
     last: LastSearch | None = None
@@ -90,6 +94,7 @@ class Session:
         """Forget everything and delete this session's files."""
         self._queries.clear()
         self.uploads.clear()
+        self.upload_names.clear()
         self.own_gallery = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -3,6 +3,7 @@ and what it contributes to the score (a plotly heatmap, r_q rows x r_c columns).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -37,6 +38,13 @@ def token_view(query: torch.Tensor, candidate: torch.Tensor, budget: Budget) -> 
         contributions=[float(c) for c in match.contributions],
         score=float(match.score),
     )
+
+
+def match_shares(best: list[int]) -> list[tuple[int, int, float]]:
+    """``(candidate token, rows it wins, share of the rows)`` for every candidate token some query row matched,
+    most wins first: how the score is spread over the candidate's vectors."""
+    counts = Counter(best)
+    return [(j, n, n / len(best)) for j, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def heatmap_figure(view: TokenView, title: str = "") -> go.Figure:

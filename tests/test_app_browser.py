@@ -88,3 +88,76 @@ def test_browser_search_slider_heatmap(tmp_path_factory):
     if keep:
         shutil.copyfile(shot_search, keep)
         shutil.copyfile(shot_tokens, Path(keep).with_name(Path(keep).stem + "-tokens.png"))
+
+
+def test_browser_demo_gallery_examples_markers_and_errors(tmp_path):
+    """The bundled model and demo gallery, as a first-time visitor at 1400x1000 sees them: an example click,
+    a PDF question finding a ReportLab page, markers after a budget change, an error that keeps the results,
+    the preset following the sliders; a screenshot of every tab."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from metaembed.bundled import GALLERY_DIR
+    from metaembed.models import ALIASES
+
+    if not (Path(ALIASES["mini"]) / "config.json").is_file() or GALLERY_DIR is None:
+        pytest.skip("the committed MetaEmbed-Mini and demo gallery are not in this checkout")
+    with running_app(Path(ALIASES["mini"]), GALLERY_DIR, tmp_path) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        sync_api.expect.set_options(timeout=90_000)
+        page.goto(url)
+        sync_api.expect(page.locator("#gallery-blurb")).to_contain_text("PDF pages")
+        page.screenshot(path=str(tmp_path / "00-landing.png"))
+
+        page.locator("#examples button", has_text="how to draw a table in a PDF").click()
+        captions = page.locator("#results .caption-label")
+        sync_api.expect(captions.first).to_be_visible()
+        top3 = [captions.nth(i).inner_text() for i in range(3)]
+        assert any("page" in c and "reportlab-userguide.pdf" in c for c in top3), top3
+        assert page.locator("#results img").first.bounding_box()["y"] < 1000  # visible without scrolling
+        sync_api.expect(page.locator("#preset input[value='(8,16)']")).to_be_checked()
+        page.screenshot(path=str(tmp_path / "01-search.png"))
+
+        # A trained budget in one click: the cards say how each item moved.
+        page.locator("#preset label", has_text="(1,1)").click()
+        sync_api.expect(page.locator("#figures")).to_contain_text("Budget (1,1)")
+        markers = page.locator("#results .caption-label").all_inner_texts()
+        assert any(re.search(r"· (↑\d+|↓\d+|new)\n", c) for c in markers), markers
+        # An untrained budget from the slider: the preset radio clears and the figures say so.
+        box = page.locator("#r_c input[type=range]").bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * 0.02, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+        page.mouse.up()
+        sync_api.expect(page.locator("#figures")).to_contain_text("not a trained group")
+        assert not page.locator("#preset input:checked").count()
+
+        # An empty query is refused inline; the results on screen stay.
+        shown = page.locator("#results img").count()
+        page.locator("#query textarea, #query input").first.fill("")
+        page.locator("#search-btn").click()
+        sync_api.expect(page.get_by_text("empty query").first).to_be_visible()
+        assert page.locator("#results img").count() == shown
+        page.screenshot(path=str(tmp_path / "02-empty-query.png"))
+
+        # A page result opens its token matches: the overlay, the share of matches, its text with words marked.
+        cards = page.locator("#results .caption-label").all_inner_texts()
+        page.locator("#results .thumbnail-item").nth(next(i for i, c in enumerate(cards) if " · page" in c)).click()
+        sync_api.expect(page.get_by_role("tab", name="Token matches")).to_have_attribute("aria-selected", "true")
+        sync_api.expect(page.locator("#page-text mark").first).to_be_visible()
+        sync_api.expect(page.locator("#overlay-note")).to_contain_text("Matches won")
+        sync_api.expect(page.locator("#overlay img")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "02-page-tokens.png"), full_page=True)
+
+        for i, tab in enumerate(page.get_by_role("tab").all()):
+            tab.click()
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(tmp_path / f"{i + 3:02d}-tab-{i}.png"), full_page=True)
+        browser.close()
+    shots = sorted(tmp_path.glob("*.png"))
+    assert len(shots) >= 8 and all(s.stat().st_size > 10_000 for s in shots)
+    keep = os.environ.get("METAEMBED_SCREENSHOT_DIR")
+    if keep:
+        for shot in shots:
+            shutil.copyfile(shot, Path(keep) / shot.name)

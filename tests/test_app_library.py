@@ -16,6 +16,7 @@ from explorer import scale, tradeoff
 from explorer.config import ExplorerConfig, UploadCaps
 from explorer.errors import ExplorerError
 from explorer.gallery import resolve_gallery_dir
+from explorer.search import format_bytes
 from explorer.service import Explorer
 from index_builder import build
 from metaembed.budget import Budget
@@ -56,25 +57,25 @@ def test_budget_and_k_changes_reuse_the_cached_query(explorer):
     first = explorer.search("a", PDF_PAGES[0], None, None, 8, 16, 5)
     second = explorer.search("a", PDF_PAGES[0], None, None, 2, 4, 3)
     third = explorer.search("a", PDF_PAGES[0], None, "", 16, 64, 6, True, 6)
-    assert CountingToy.calls == before + 1
-    assert [f.outcome.figures["query_encodes"] for f in (first, second, third)] == [1, 1, 1]
+    assert CountingToy.calls == before + 2  # once per kind in the gallery (images, pages), then cached
+    assert [f.outcome.figures["query_encodes"] for f in (first, second, third)] == [2, 2, 2]
     assert second.outcome.figures["query_cached"] and len(second.outcome.hits) == 3
     old, new = [h.id for h in first.outcome.hits], [h.id for h in second.outcome.hits]
     assert second.outcome.moved_in == [i for i in new if i not in old]
     assert second.outcome.moved_out == [i for i in old if i not in new]
     explorer.search("a", PDF_PAGES[0], None, "Find the page.", 8, 16)  # instruction is part of the query
-    assert CountingToy.calls == before + 2
+    assert CountingToy.calls == before + 3  # a typed instruction: one encode for every kind
 
 
 def test_scores_match_the_scorer_and_token_view(explorer):
     view = explorer.search("s", PDF_PAGES[1], None, None, 4, 8, 6)
     session = explorer.session("s")
     gallery = explorer.demo.get()
-    query = session.cached_query(session.last.model_fp, session.last.query_key)
     top = view.outcome.hits[0]
+    query = session.cached_query(session.last.model_fp, session.last.kind_keys[top.kind])
     expected = maxsim_pairs(query[None], gallery.index.get_vectors(top.id)[None], Budget(4, 8))[0, 0]
     assert top.score == pytest.approx(float(expected), abs=2e-2)  # bf16 storage
-    fig, overlay, note, data = explorer.token_matches("s", 1)
+    fig, overlay, note, _, data = explorer.token_matches("s", 1)
     assert data["score"] == pytest.approx(top.score, abs=2e-2)
     assert overlay is None and "exposes no attention" in note  # the toy backend has no attention API
     assert len(fig.data) == 2
@@ -163,9 +164,31 @@ def test_gallery_sweep_counts_the_first_stage_bytes(explorer, tmp_path):
     n, dim = len(gallery.index), gallery.index.dim
     _, header, rows, _ = explorer.sweep("p", "upload", pairs, "1x1,4x8", two_stage=True, k_prime=3)
     read = {row[0]: row[header.index("bytes read/query")] for row in rows}
-    assert read == {"(1,1)": 3 * 1 * dim * 2 + n * dim * 4, "(4,8)": 3 * 8 * dim * 2 + n * dim * 4}
+    assert read == {"(1,1)": format_bytes(3 * 1 * dim * 2 + n * dim * 4),
+                    "(4,8)": format_bytes(3 * 8 * dim * 2 + n * dim * 4)}
     _, header, rows, _ = explorer.sweep("p", "upload", pairs, "4x8")
-    assert rows[0][header.index("bytes read/query")] == n * 8 * dim * 2  # exhaustive: no first stage
+    assert rows[0][header.index("bytes read/query")] == format_bytes(n * 8 * dim * 2)  # exhaustive: no first stage
+
+
+@pytest.mark.parametrize("cost", ["bytes_read", "latency"])
+def test_sweep_pareto_front_is_the_plotted_one(explorer, tmp_path, cost):
+    """The chart's x axis is the cost the front is computed on: no plotted point beats a starred one on both
+    axes, and every unstarred point is beaten by a plotted one; the table leads with the main metric."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,relevant_item\n" + "".join(f"{t},notes.pdf#{i + 1}\n" for i, t in enumerate(PDF_PAGES))
+                     + f"a red circle,{SHAPES[0][0]}\n")
+    fig, header, rows, summary = explorer.sweep("t", "upload", pairs, "1x1,2x4,4x8,8x16,16x64,1x64", cost)
+    assert header[1] == "ndcg@5" and header[0] == "budget"  # the main metric first
+    assert "3 queries" in summary and str(tmp_path) not in summary and "pairs.csv" in summary
+    points = {label: (x, y) for trace in fig.data if trace.mode == "markers+text"
+              for label, x, y in zip(trace.text, trace.x, trace.y, strict=True)}
+    starred = {row[0] for row in rows if row[-1]}
+    assert set(points) == {row[0] for row in rows} and starred
+    for label, (x, y) in points.items():
+        beaten = any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for x2, y2 in points.values())
+        assert beaten == (label not in starred), (label, points, starred)
+    for line in (trace for trace in fig.data if trace.mode == "lines"):  # drawn when the front has 2+ points
+        assert list(line.x) == sorted(line.x) and len(line.x) == len(starred)  # left to right: no zigzag
 
 
 def _beir_zip(path, members):
@@ -194,15 +217,45 @@ def test_sweep_beir_zip_and_unsafe_zip(explorer, tmp_path):
         explorer.sweep("z", "upload", zipped, "8by8")
 
 
-def test_default_query_instruction_follows_the_gallery_task(explorer, tmp_path):
-    from metaembed.models.instructions import TEXT_TO_IMAGE
+def test_each_kind_is_searched_with_its_own_instruction(explorer, tmp_path):
+    from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
 
-    text = explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures
-    assert text["instruction"] == TEXT_TO_IMAGE.query  # the fixture gallery is mostly images
-    assert explorer.search("i", "a red circle", None, "none", 1, 1).outcome.figures["instruction"] is None
+    both = explorer.search("i", "a red circle", None, None, 8, 16, 6).outcome
+    assert both.figures["instructions"] == {"image": TEXT_TO_IMAGE.query, "pdf-page": TEXT_TO_PAGE.query}
+    assert both.figures["query_encodes"] == 2 and {h.kind for h in both.hits} == {"image", "pdf-page"}
+    assert explorer.search("i", "a red circle", None, None, 1, 1).outcome.figures["query_encodes"] == 2  # cached
+    images = explorer.search("i", "a red circle", None, None, 8, 16, 6, find="images").outcome
+    pages = explorer.search("i", "a red circle", None, None, 8, 16, 6, find="pages").outcome
+    assert images.figures["instructions"] == {"image": TEXT_TO_IMAGE.query}
+    assert {h.kind for h in images.hits} == {"image"} and {h.kind for h in pages.hits} == {"pdf-page"}
+    assert images.figures["query_encodes"] == 2 and images.figures["candidates"] == len(SHAPES)
+    # Fair merge: each kind keeps its own order and scores, and the merged list is their union by score.
+    for kind, alone in (("image", images), ("pdf-page", pages)):
+        assert [(h.id, h.score) for h in both.hits if h.kind == kind] == [(h.id, h.score) for h in alone.hits]
+    union = sorted([*images.hits, *pages.hits], key=lambda h: -h.score)
+    assert [h.id for h in both.hits] == [h.id for h in union]
+    # Two-stage: every kind gets its own shortlist, so k' covering each kind equals the exhaustive ranking.
+    staged = explorer.search("i", "a red circle", None, None, 8, 16, 4, True, len(SHAPES)).outcome
+    assert [h.id for h in staged.hits] == [h.id for h in both.hits[:4]] and staged.figures["first_stage_ms"] > 0
+    typed = explorer.search("i", "a red circle", None, "Find it.", 1, 1).outcome
+    assert set(typed.figures["instructions"].values()) == {"Find it."} and typed.figures["query_encodes"] == 3
+    assert set(explorer.search("i", "a red circle", None, "none", 1, 1).outcome.figures["instructions"].values()) \
+        == {None}
     path = tmp_path / "q.png"
     draw((1, 2, 3), "circle").save(path)
-    assert explorer.search("i", None, str(path), None, 1, 1).outcome.figures["instruction"] is None
+    assert set(explorer.search("i", None, str(path), None, 1, 1).outcome.figures["instructions"].values()) == {None}
+    line = explorer.active_instructions("i", "", False, "", "pages")
+    assert TEXT_TO_PAGE.query in line and TEXT_TO_IMAGE.query not in line
+    assert "no instruction" in explorer.active_instructions("i", "", True, "", "both")
+    with pytest.raises(ExplorerError, match="find must be one of"):
+        explorer.search("i", "x", None, None, 1, 1, find="videos")
+
+
+def test_token_matches_of_a_page_use_the_page_query(explorer):
+    view = explorer.search("p", PDF_PAGES[0], None, None, 4, 8, 6)
+    rank = next(h.rank for h in view.outcome.hits if h.kind == "pdf-page")
+    _, _, _, _, data = explorer.token_matches("p", rank)
+    assert data["score"] == pytest.approx(view.outcome.hits[rank - 1].score, abs=2e-2)
 
 
 def test_bundled_sweep_builds_the_tux_paint_set_once(explorer, monkeypatch):
@@ -226,7 +279,14 @@ def test_committed_model_answers_the_committed_gallery(tmp_path):
     ex = Explorer(dataclasses.replace(BUNDLED, session_root=tmp_path))
     view = ex.search("d", "a penguin", None, None, 8, 16, 10)
     assert len(view.outcome.hits) == 10 and view.outcome.figures["candidates"] > 100
-    assert ex.search("d", "a penguin", None, None, 1, 1, 10).outcome.figures["query_encodes"] == 1
+    assert ex.search("d", "a penguin", None, None, 1, 1, 10).outcome.figures["query_encodes"] == 2  # images, pages
+    # Default settings find what is asked for: a PDF question finds the ReportLab guide, a picture query
+    # finds pictures (a clip of a penguin among the first five, an image first).
+    pdf = ex.search("d", "how to draw a table in a PDF", None, None, 8, 16, 3).outcome.hits
+    assert any(h.kind == "pdf-page" and "reportlab" in h.caption for h in pdf), [h.caption for h in pdf]
+    penguin = ex.search("d", "a penguin", None, None, 8, 16, 5).outcome.hits
+    assert penguin[0].kind == "image"
+    assert any("tux" in h.caption.lower() or "pingu" in h.caption.lower() for h in penguin), penguin
 
 
 def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path):
@@ -257,7 +317,7 @@ def test_slider_bounds_come_from_the_model(toy_gallery, tmp_path):
 def test_attention_overlay_reads_the_real_mini_without_changing_it():
     import torch
 
-    from explorer.attention import overlay
+    from explorer.attention import LEGEND_HEIGHT, OVERLAY_WIDTH, overlay
     from metaembed.models import Item
     from metaembed.models.mini import MiniMetaEmbed
 
@@ -272,8 +332,15 @@ def test_attention_overlay_reads_the_real_mini_without_changing_it():
     assert maps.visual.shape == (model.num_candidate_tokens, grid, grid)
     total = maps.visual.sum(dim=(1, 2))
     assert bool((maps.visual >= 0).all()) and bool((total <= 1 + 1e-5).all()) and bool((total > 0).all())
-    picture = overlay(maps, [0, 1])
-    assert picture.size == maps.canvas.size and picture.tobytes() != maps.canvas.tobytes()
+    picture, plain = overlay(maps, [0, 1]), overlay(maps, [])
+    assert picture.size == plain.size and picture.width == OVERLAY_WIDTH > maps.canvas.width  # enlarged
+    assert picture.height == round(OVERLAY_WIDTH * maps.canvas.height / maps.canvas.width) + LEGEND_HEIGHT
+    top = picture.height - LEGEND_HEIGHT
+    assert picture.crop((0, 0, picture.width, top)).tobytes() != plain.crop((0, 0, plain.width, top)).tobytes()
+    assert picture.crop((0, top, picture.width, picture.height)).tobytes() == \
+        plain.crop((0, top, plain.width, plain.height)).tobytes()  # the legend: the same colour ramp
+    ramp = [picture.getpixel((x, top + 15)) for x in (130, picture.width // 2, picture.width - 130)]
+    assert ramp[0][1] > ramp[1][1] > ramp[2][1]  # whiter to redder, as the heat layer
 
 
 def test_duplicate_upload_is_reported_and_not_kept(explorer, tmp_path):
@@ -283,5 +350,81 @@ def test_duplicate_upload_is_reported_and_not_kept(explorer, tmp_path):
     report = explorer.upload("dave", [first, copy])
     assert report["indexed"] == 1 and report["total_items"] == 1
     (skip,) = report["skipped"]
-    assert {skip["file"], skip["reason"].removeprefix("same content as ")} == {"a.png", "a-copy.png"}
+    assert {skip["file"], skip["reason"].removeprefix("same content as ").removesuffix(", already in your gallery")} \
+        == {"a.png", "a-copy.png"}
     assert len(list(explorer.session("dave").uploads_dir().iterdir())) == 1
+    # Another file called a.png (stored as a-1.png), then its copy under a third name: the report names the
+    # files the visitor uploaded, never the folder's renamed copy.
+    other = tmp_path / "other" / "a.png"
+    other.parent.mkdir()
+    draw((200, 10, 10), "cross").save(other)
+    again = tmp_path / "b.png"
+    again.write_bytes(other.read_bytes())
+    assert explorer.upload("dave", [other])["indexed"] == 1
+    (skip,) = explorer.upload("dave", [again])["skipped"]
+    assert skip == {"file": "b.png", "reason": "same content as a.png, already in your gallery"}
+
+
+def test_upload_report_rows_caps_left_and_web_wording(explorer, tmp_path):
+    from ingest_fixtures import write_pdf
+
+    big = write_pdf(tmp_path / "big.pdf", [f"page {i}" for i in range(5)])  # the fixture caps: 4 pages, 3 files
+    small = tmp_path / "small.png"
+    draw((1, 200, 1), "circle").save(small)
+    report = explorer.upload("erin", [small, big])
+    assert report["files"] == [["small.png", "indexed", ""], ["big.pdf", "skipped", report["skipped"][0]["reason"]]]
+    reason = report["skipped"][0]["reason"]
+    assert "this PDF has 5 pages" in reason and "3 of 4 images/pages left" in reason and "--" not in reason
+    assert report["left"] == {"files": 2, "pages": 3, "mb": pytest.approx(1 - small.stat().st_size / 2**20, abs=0.1)}
+    assert "You can still add 2 file(s), 3 images/pages" in report["summary"]
+    cards = explorer.own_cards("erin")
+    assert [caption for _, caption in cards] == ["small.png"] and Path(cards[0][0]).is_file()
+    assert explorer.own_cards("nobody") == []
+
+
+def test_result_cards_name_items_and_mark_rank_moves(explorer):
+    first = explorer.search("m", "a red circle", None, None, 16, 64, 4)
+    assert all(r["marker"] == "" for r in first.results)  # nothing to compare with yet
+    titles = {r["id"]: r["title"] for r in first.results}
+    for r in first.results:
+        assert r["title"] in next(caption for _, caption in first.entries if caption.startswith(f"#{r['rank']} "))
+        if r["kind"] == "pdf-page":
+            assert r["title"].endswith(f"notes.pdf p. {r['page']}")
+            assert PDF_PAGES[r["page"] - 1].split()[0] in r["title"]
+        else:
+            assert titles[r["id"]] == Path(r["file"]).name
+    second = explorer.search("m", "a red circle", None, None, 1, 1, 4)
+    old = {r["id"]: r["rank"] for r in first.results}
+    for r in second.results:
+        change = old[r["id"]] - r["rank"] if r["id"] in old else None
+        expected = "new" if change is None else f"↑{change}" if change > 0 else f"↓{-change}" if change < 0 else ""
+        assert r["marker"] == expected
+    assert second.outcome.figures["trained"] and "(a trained group)" in second.figures_md
+    odd = explorer.search("m", "a red circle", None, None, 4, 33, 4)
+    assert not odd.outcome.figures["trained"] and "not a trained group" in odd.figures_md
+
+
+def test_catalogue_titles_and_the_gallery_line(toy_gallery, tmp_path):
+    from explorer.gallery import catalogue_titles
+
+    root, encoder = toy_gallery
+    (tmp_path / "sources.jsonl").write_text(json.dumps({"file": SHAPES[0][0], "title": "Red circle"}) + "\n")
+    assert catalogue_titles(tmp_path / "gallery") == {SHAPES[0][0]: "Red circle"}  # the indexed folder's list
+    ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path / "s"),
+                  load_model={"toy": encoder}.__getitem__)
+    line = ex.gallery_blurb("g")
+    assert f"{len(SHAPES) + len(PDF_PAGES)} items" in line and f"{len(SHAPES)} images" in line
+    assert "notes.pdf" in line and "demo gallery" in line
+
+
+def test_a_space_locks_model_paths_unless_the_operator_opts_in(monkeypatch):
+    monkeypatch.delenv("METAEMBED_ALLOW_MODEL_PATHS", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert ExplorerConfig.from_env().allow_model_paths
+    monkeypatch.setenv("SPACE_ID", "someone/metaembed-explorer")
+    assert not ExplorerConfig.from_env().allow_model_paths
+    monkeypatch.setenv("METAEMBED_ALLOW_MODEL_PATHS", "1")
+    assert ExplorerConfig.from_env().allow_model_paths
+    monkeypatch.setenv("METAEMBED_ALLOW_MODEL_PATHS", "0")
+    monkeypatch.delenv("SPACE_ID")
+    assert not ExplorerConfig.from_env().allow_model_paths
