@@ -47,6 +47,8 @@ the search may use (the **budget**) and watch speed, memory read and the ranking
 EXAMPLES = [("a penguin", "a penguin", False), ("how to draw a table in a PDF", "how to draw a table in a PDF", False),
             ("pie chart", "pie chart", False), ("a red car", "a red car", False),
             ("a cat and a dog", "a cat and a dog", False), ("a gallery picture (image query)", "", True)]
+#: The query the landing page opens with (and searches): a PDF question, so both kinds show.
+LANDING_QUERY = EXAMPLES[1][1]
 EXPLAIN = ("**What am I looking at?** Each card: rank · score (higher = closer: for each of the r_q query vectors "
            "its best cosine match among the item's first r_c vectors, summed) · image or PDF page · after a budget "
            "change ↑/↓ = moved up/down, new = entered the top-k. The figures say what this search cost at this "
@@ -227,7 +229,7 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
             with gr.Column(scale=2):
                 with gr.Row(elem_id="query-row"):
                     text = gr.Textbox(label="Text query", placeholder="e.g. a red bird on a branch", elem_id="query",
-                                      scale=5)
+                                      scale=5, value=LANDING_QUERY)
                     search_btn = gr.Button("Search", variant="primary", elem_id="search-btn", scale=1, min_width=90)
                 with gr.Row(elem_id="examples"):
                     gr.Markdown("Try:", elem_id="try")
@@ -286,6 +288,8 @@ def search_tab(explorer: Explorer, demo: gr.Blocks, max_r_q: int, max_r_c: int) 
           [text, image, instruction, find], [active], api_visibility="private", trigger_mode="always_last",
           queue=False)
     demo.load(do_blurb, None, [blurb], api_visibility="private", queue=False)
+    # The landing shows results at once: the query box's example, searched when the page opens.
+    demo.load(do_search, inputs, outputs, api_visibility="private")
     return SearchTab(r_q=r_q, r_c=r_c, results=results, blurb=blurb)
 
 
