@@ -37,10 +37,15 @@ def test_browser_search_slider_heatmap(tmp_path_factory):
         page.set_default_timeout(90_000)
         sync_api.expect.set_options(timeout=90_000)  # a 2-core CI box encodes slowly
         page.goto(url)
+        # The landing searches its example query on load; wait for it, so the figures read below are this
+        # search's and not the landing's (whose load-time search can land after the click).
+        figures = page.locator("#figures")
+        sync_api.expect(figures).to_contain_text("query encode")
+        landing = figures.inner_text()
 
         page.locator("#query textarea, #query input").first.fill(PDF_PAGES[0])
         page.locator("#search-btn").click()
-        figures = page.locator("#figures")
+        sync_api.expect(figures).not_to_have_text(landing)
         sync_api.expect(figures).to_contain_text("query encode")
         sync_api.expect(page.locator("#results img").first).to_be_visible()
         first = figures.inner_text()
