@@ -28,7 +28,7 @@ from index_builder.items import GalleryItem, candidate_item
 from index_builder.pdf import iter_pages
 from metaembed.images import ImageError, load_image
 from metaembed.index import MultiVectorIndex
-from metaembed.io import DTYPES, atomic_write_json, dtype_name
+from metaembed.io import DTYPES, atomic_write_json, dtype_name, remove_partial_writes
 from metaembed.models import Item, MetaEmbedEncoder
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class Gallery:
         if (directory / MANIFEST).exists():
             gallery = cls.open(directory)
             gallery.check_model(encoder)
+            for leftovers in (directory / THUMBS_DIR, directory / INDEX_DIR):  # a killed build's partial files
+                remove_partial_writes(leftovers)
             return gallery
         if directory.exists() and any(directory.iterdir()):
             raise GalleryError(

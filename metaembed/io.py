@@ -71,6 +71,21 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None], *, dura
         raise
 
 
+def remove_partial_writes(directory: str | Path) -> int:
+    """Delete the temporary files a killed :func:`atomic_write` left in ``directory``; returns how many.
+
+    A SIGKILL or power loss skips the ``except`` clause that normally removes them, and resuming is the
+    first moment they are known to be garbage. Only one writer may use ``directory`` at a time.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    leftovers = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int = 2, sort_keys: bool = False) -> None:
     """:func:`atomic_write` of ``obj`` as UTF-8 JSON with a final newline (``sort_keys``: same content, same bytes)."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"

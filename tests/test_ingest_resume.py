@@ -17,7 +17,7 @@ from ingest_fixtures import many_pictures
 from toy_encoder import ToyEncoder
 
 import index_builder
-from index_builder.gallery import INDEX_DIR
+from index_builder.gallery import INDEX_DIR, THUMBS_DIR
 from metaembed.index import MultiVectorIndex
 from metaembed.store import MANIFEST, IndexLoadError
 
@@ -123,6 +123,25 @@ def test_sigkill_mid_build_then_resume_equals_uninterrupted(tmp_path: Path) -> N
         assert torch.equal(resumed[item_id][1], vectors)
     check = index_builder.verify(out, encoder)
     assert check.ok and not check.warnings  # the killed chunk's thumbnails were rewritten, none orphaned
+
+
+def test_resume_removes_the_partial_files_a_killed_write_left(tmp_path: Path) -> None:
+    """SIGKILL between an atomic write's temp file and its rename leaves the temp file behind; the SIGKILL
+    test above hits that window only by chance, so it is planted here."""
+    inputs = many_pictures(tmp_path / "in", 6)
+    out = tmp_path / "g"
+    index_builder.build([inputs], out, ToyEncoder(**TOY), batch_size=2, chunk_size=4)
+    thumbs = out / THUMBS_DIR
+    leftovers = [thumbs / ".040e8589dbfab8ad.webp.lrgoh86i.tmp", out / INDEX_DIR / ".vectors.abc123.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"partial")
+    before = index_builder.verify(out, load_model=False)
+    assert before.ok and any("belong to no item" in w for w in before.warnings)  # the warning is real
+
+    index_builder.build([inputs], out, ToyEncoder(**TOY), batch_size=2, chunk_size=4)
+    assert not any(p.exists() for p in leftovers)
+    after = index_builder.verify(out, load_model=False)
+    assert after.ok and not after.warnings and after.checked_items == 6
 
 
 def test_sigint_commits_finished_batches_and_exits_130(tmp_path: Path) -> None:
