@@ -1,12 +1,14 @@
 """Encoding speed of a MetaEmbed encoder on this machine, against MetaEmbed-Mini's targets.
 
 Measures batched images/s (candidate side, like indexing a gallery), batched text queries/s, p50 latency
-of ONE text query and ONE image query (the app's search path), and p50 of ONE PDF page (page render + its
-whole text layer, as a gallery build encodes it) over the pages of the ReportLab user guide. Real inputs:
+of ONE text query and ONE image query (the app's search path), and p50 of ONE PDF page (its render and
+whole text layer, as a gallery build encodes them; rendering is not timed) over pages of the ReportLab
+user guide, at the serving precision and, where that is bfloat16, at float32 in the same run. Real inputs:
 Tux Paint stamps and their captions, the ReportLab guide, from the Debian packages. The last printed line
 is one JSON object.
 
     python benchmarks/bench_encode.py [--model mini] [--threads 2] [--images 64] [--repeats 15] [--pages 21]
+                                     [--compute-dtype auto|float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def p50_ms(fn, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metaembed.models.precision import COMPUTE_DTYPES, resolve_compute_dtype
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="'mini' (default, bundled) or a checkpoint directory")
     parser.add_argument("--threads", type=int, default=2)
@@ -79,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15, help="single-query latency samples")
     parser.add_argument("--pages", type=int, default=21, help="ReportLab guide pages for the one-page latency")
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto",
+                        help="serving precision; a non-float32 run also measures float32 for comparison")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    from metaembed.io import dtype_name
     from metaembed.models import Item, load_encoder
 
     encoder = load_encoder(args.model, device="cpu")
@@ -96,25 +103,41 @@ def main(argv: list[str] | None = None) -> int:
     pages = [[Item(image=image, text=text or None, instruction=TEXT_TO_PAGE.candidate)]
              for image, text in guide_pages(args.pages)]
     bs = args.batch_size
-    encoder.encode_candidates(image_items[:bs], batch_size=bs)  # warm-up (oneDNN kernels, LoRA merge)
-    encoder.encode_queries(query_items[:bs], batch_size=bs)
+
+    def measure() -> dict[str, float]:
+        encoder.encode_candidates(image_items[:bs], batch_size=bs)  # warm-up (oneDNN kernels, LoRA merge)
+        encoder.encode_queries(query_items[:bs], batch_size=bs)
+        return {
+            "images_per_s": rate(lambda: encoder.encode_candidates(image_items, batch_size=bs), len(image_items)),
+            "text_queries_per_s": rate(lambda: encoder.encode_queries(query_items, batch_size=bs), len(query_items)),
+            "text_query_p50_ms": p50_ms(lambda: encoder.encode_queries(text_query, batch_size=1), args.repeats),
+            "image_query_p50_ms": p50_ms(lambda: encoder.encode_queries(image_query, batch_size=1), args.repeats),
+            "pdf_page_p50_ms": statistics.median(
+                p50_ms(lambda page=page: encoder.encode_candidates(page, batch_size=1), 3) for page in pages),
+        }
+
+    if not hasattr(encoder, "compute_dtype"):
+        parser.error(f"the {encoder.backend} backend picks its own precision; --compute-dtype is for MetaEmbed-Mini")
+    encoder.compute_dtype = args.compute_dtype
+    dtype = resolve_compute_dtype(args.compute_dtype, encoder.device)
     result = {
         "model": encoder.name,
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
-        "images_per_s": rate(lambda: encoder.encode_candidates(image_items, batch_size=bs), len(image_items)),
-        "text_queries_per_s": rate(lambda: encoder.encode_queries(query_items, batch_size=bs), len(query_items)),
-        "text_query_p50_ms": p50_ms(lambda: encoder.encode_queries(text_query, batch_size=1), args.repeats),
-        "image_query_p50_ms": p50_ms(lambda: encoder.encode_queries(image_query, batch_size=1), args.repeats),
-        "pdf_page_p50_ms": statistics.median(
-            p50_ms(lambda page=page: encoder.encode_candidates(page, batch_size=1), 3) for page in pages),
+        "compute_dtype": dtype_name(dtype),
+        **measure(),
         "pdf_page_text_chars_p50": statistics.median(len(page[0].text or "") for page in pages),
-        "load_avg_1min": os.getloadavg()[0],
     }
+    if dtype != torch.float32:  # the float32 figures of the same run, on the same inputs, for comparison
+        encoder.compute_dtype = "float32"
+        result["float32"] = measure()
+    result["load_avg_1min"] = os.getloadavg()[0]
     result["meets_targets"] = {
         k: (result[k] >= v if k.endswith("_per_s") else result[k] <= v) for k, v in TARGETS.items()}
     for key in TARGETS:
-        print(f"{key:>20}: {result[key]:8.1f}   (target {'>=' if key.endswith('_per_s') else '<='} {TARGETS[key]:g})")
+        baseline = f"   float32: {result['float32'][key]:8.1f}" if "float32" in result else ""
+        print(f"{key:>20}: {result[key]:8.1f}   (target {'>=' if key.endswith('_per_s') else '<='} {TARGETS[key]:g})"
+              f"{baseline}")
     print(json.dumps(result))
     return 0
 

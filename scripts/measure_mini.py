@@ -32,8 +32,10 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 from metaembed.budget import TRAINED_GROUPS, Budget  # noqa: E402
 from metaembed.eval.harness import evaluate  # noqa: E402
 from metaembed.eval.loaders import load_eval_set  # noqa: E402
+from metaembed.io import dtype_name  # noqa: E402
 from metaembed.models import MetaEmbedEncoder, load_encoder  # noqa: E402
 from metaembed.models.mini import load_feature_cache, save_feature_cache  # noqa: E402
+from metaembed.models.precision import COMPUTE_DTYPES, resolve_compute_dtype  # noqa: E402
 
 logger = logging.getLogger("measure_mini")
 
@@ -48,10 +50,27 @@ TEXT_BASELINES = ("bm25", "minilm", "chunked-minilm")
 #: The shipped model and its two ablations, trained identically (configs/mini*.yaml: same data, steps, seed).
 MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
           "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
-LABELS = {"mmr": "mmr (shipped)", "no-mmr": "no-mmr", "single-vector": "single-vector"}
+LABELS = {"mmr": "mmr (shipped)", "no-mmr": "no-mmr", "single-vector": "single-vector",
+          "mmr-bfloat16": "mmr (shipped), bfloat16 serving"}
+#: The shipped model swept at the serving precision where that is bfloat16 (``sweep --compute-dtype auto``);
+#: the triple itself is compared at float32, the precision all three were measured at.
+SERVED = "mmr-bfloat16"
 #: The quality test's fixed subset: eval sets rebuilt from the Debian data with this builder --limit.
 SUBSET_LIMIT = 30
 SUBSET_FILE = REPO / "assets" / "metaembed-mini" / "eval_subset.json"
+
+
+def load_model(path: str | Path | None, compute_dtype: str) -> MetaEmbedEncoder:
+    """A model on CPU computing at ``compute_dtype`` (the serving default is "auto": bfloat16 where native)."""
+    model = load_encoder(path, device="cpu")
+    model.compute_dtype = compute_dtype
+    return model
+
+
+def sweep_file(out: Path, name: str, model: MetaEmbedEncoder) -> Path:
+    """``mini-NAME.json`` for a float32 sweep, ``mini-NAME-bfloat16.json`` for a bfloat16 one."""
+    dtype = resolve_compute_dtype(model.compute_dtype, model.device)
+    return out / (f"mini-{name}.json" if dtype == torch.float32 else f"mini-{name}-{dtype_name(dtype)}.json")
 
 
 def main_metric(report: dict[str, Any]) -> str:
@@ -201,7 +220,7 @@ def plot(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], ou
 
     fig = make_subplots(rows=1, cols=len(SETS), subplot_titles=[f"{s} ({_metric_name(s)})" for s in SETS])
     labels = [str(b) for b in TRAINED_GROUPS]
-    colors = {"mmr": "#1f77b4", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
+    colors = {"mmr": "#1f77b4", SERVED: "#17becf", "no-mmr": "#ff7f0e", "single-vector": "#2ca02c", "bm25": "#7f7f7f",
               "minilm": "#9467bd", "lit": "#d62728", "chunked-minilm": "#8c564b"}
     rows_of = baseline_rows(base)
     shown: set[str] = set()  # one legend entry per series, even for baselines that appear in one panel only
@@ -245,10 +264,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cache_file = Path(args.feature_cache)
     cache = load_feature_cache(cache_file)
     for name in args.models:
-        model = load_encoder(MODELS[name], device="cpu")
+        model = load_model(MODELS[name], args.compute_dtype)
         model.enable_feature_cache(cache)  # same frozen EfficientNet settings for all three models
         results = sweep_model(model, data_root)
-        (out / f"mini-{name}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        sweep_file(out, name, model).write_text(json.dumps(results, indent=1, default=str) + "\n")
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         save_feature_cache(cache, cache_file)
     return 0
@@ -261,11 +280,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     base = json.loads((out / "baselines.json").read_text())
     previous = json.loads((out / "mini-v1-mmr.json").read_text())
     summary = {"commands": ["python scripts/measure_mini.py baselines",
-                            "python scripts/measure_mini.py sweep --models mmr no-mmr single-vector",
+                            "python scripts/measure_mini.py sweep --models mmr no-mmr single-vector "
+                            "--compute-dtype float32",
+                            "python scripts/measure_mini.py sweep --models mmr --compute-dtype bfloat16",
                             "python scripts/measure_mini.py report"],
                "targets": targets(results, base, previous),
                "text_cut_share": {s: results["mmr"][s].get("text_cut_share") for s in SETS
                                   if "text_cut_share" in results["mmr"][s]}}
+    served = out / f"mini-{SERVED}.json"
+    if served.is_file():
+        results[SERVED] = json.loads(served.read_text())
+        summary[f"targets_{SERVED}"] = targets({**results, "mmr": results[SERVED]}, base, previous)
     (out / "mini.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     table = markdown_table(results, base) + "\n" + spread_table(results)
     (out / "mini.md").write_text(table)
@@ -295,10 +320,11 @@ def build_subset(root: Path) -> Path:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    model = load_encoder(args.model, device="cpu")
+    model = load_model(args.model, args.compute_dtype)
     with tempfile.TemporaryDirectory() as tmp:
         figures = measure_subset(model, build_subset(Path(tmp)))
     record = {"model_fingerprint": model.fingerprint(), "builder_limit": SUBSET_LIMIT,
+              "compute_dtype": dtype_name(resolve_compute_dtype(model.compute_dtype, model.device)),
               "command": "python scripts/measure_mini.py subset", "points": figures}
     path = Path(args.output)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -314,7 +340,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     sets = tuple(args.sets)
     results, figures = {}, {}
     for path in args.models:
-        model = load_encoder(path, device="cpu")
+        model = load_model(path, args.compute_dtype)
         model.enable_feature_cache(cache)
         results[path] = sweep_model(model, Path(args.data), sets)
         figures[path] = points(results[path])
@@ -351,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--data", default=str(REPO / "data" / "eval"))
     dev.add_argument("--cache", default=os.environ.get("METAEMBED_CACHE", "data/cache"), help="LiT baseline cache")
     dev.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "dev-192-g6.safetensors"))
+    for command in (sweep, subset, dev):
+        command.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto",
+                             help="serving precision (auto: bfloat16 where the CPU has it natively)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -26,6 +26,7 @@ def photos() -> list[Image.Image]:
 def model() -> MiniMetaEmbed:
     torch.manual_seed(0)
     encoder = MiniMetaEmbed.from_config({"num_query_tokens": 4, "num_candidate_tokens": 8}, device="cpu")
+    encoder.compute_dtype = "float32"  # these tests check the forward's layout to 1e-5; bfloat16: test_models_precision
     with torch.no_grad():  # trained-looking weights: LoRA B and the gates are zero/small at init
         for name, param in encoder.named_parameters():
             if param.requires_grad and "lora_B" in name:
@@ -185,6 +186,7 @@ def test_save_load_roundtrip(model: MiniMetaEmbed, photos, tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS_NAME]
     loaded = load_encoder(tmp_path, device="cpu")
     assert isinstance(loaded, MiniMetaEmbed) and loaded.fingerprint() == model.fingerprint()
+    loaded.compute_dtype = model.compute_dtype  # a serving choice, not saved with the weights
     items = _items(photos)
     torch.testing.assert_close(loaded.encode_candidates(items), model.encode_candidates(items), atol=0, rtol=0)
 

@@ -3,7 +3,8 @@
 Rebuilds a fixed small subset of the four eval sets from the Debian packages (the datasets builders with
 ``--limit``), re-runs the budget sweep on the SHIPPED checkpoint and compares every figure to
 ``assets/metaembed-mini/eval_subset.json`` (written by ``python scripts/measure_mini.py subset``).
-Tolerance: one query's worth of the metric (100 / number of queries, in points) — float rounding on
+Figures are compared at the precision they were recorded at (the serving default, bfloat16 where the
+CPU has it). Tolerance: one query's worth of the metric (100 / number of queries, in points) — float rounding on
 another CPU may flip at most a near-tie, never a real regression.
 """
 
@@ -33,6 +34,7 @@ def test_shipped_model_reproduces_recorded_subset_figures(tmp_path: Path) -> Non
     recorded = json.loads(measure.SUBSET_FILE.read_text())
     assert recorded["builder_limit"] == measure.SUBSET_LIMIT
     model = load_encoder()
+    model.compute_dtype = recorded.get("compute_dtype", "float32")  # as recorded (older records: float32)
     assert model.fingerprint() == recorded["model_fingerprint"], (
         "the shipped weights changed: re-run `python scripts/measure_mini.py subset` and update the README")
     root = measure.build_subset(tmp_path / "eval")

@@ -44,9 +44,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from metaembed.io import atomic_write, atomic_write_json
+from metaembed.io import atomic_write, atomic_write_json, dtype_name
 from metaembed.models.attention import TokenAttention
 from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
+from metaembed.models.precision import active_dtype, compute_in, resolve_compute_dtype
 from metaembed.models.regions import image_weights, text_weights
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         self.state_cache: dict[tuple[tuple[int, ...], int], torch.Tensor] | None = None
         self._instruction_ids: dict[str, list[int]] = {}
         self._merged = False
+        self._compute_dtype = "auto"
         self.to(pick_device(device))
 
     # ------------------------------------------------------------------ construction / persistence
@@ -249,6 +251,20 @@ class MiniMetaEmbed(MetaEmbedEncoder):
     @property
     def device(self) -> torch.device:
         return self.projector[0].weight.device
+
+    @property
+    def compute_dtype(self) -> str:
+        """The serving precision (``metaembed.models.precision``): "auto" (default), "float32" or "bfloat16".
+
+        Not part of the config or the fingerprint: vectors computed either way are interchangeable, so an
+        index built at one precision serves queries encoded at the other. Training always runs float32.
+        """
+        return self._compute_dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, name: str) -> None:
+        resolve_compute_dtype(name, self.device)  # validates the name now, not at the first encode
+        self._compute_dtype = name
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors (trained parameters only), each atomically."""
@@ -300,7 +316,9 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         return self.feature_cache
 
     def _cache_key(self, key: str) -> str:
-        return f"{self.image_size}/{self.config['visual_grid']}:{key}"
+        dtype = active_dtype(self.device)
+        precision = "" if dtype == torch.float32 else f"/{dtype_name(dtype)}"
+        return f"{self.image_size}/{self.config['visual_grid']}{precision}:{key}"
 
     @torch.inference_mode()
     def image_features(self, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
@@ -661,7 +679,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
 
     @contextlib.contextmanager
     def _inference(self, single_text: bool):
-        """Eval mode, merged LoRA, no autograd; one thread for one short text (see ``_encode``)."""
+        """Eval mode, merged LoRA, no autograd, the serving precision; one thread for one short text (see
+        ``_encode``)."""
         was_training = self.training
         if was_training:  # a recursive mode switch costs ~10 ms over EfficientNet's modules; skip it when idle
             self.eval()
@@ -671,7 +690,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         try:
             if single_text and self.device.type == "cpu":
                 torch.set_num_threads(1)
-            with torch.inference_mode():
+            with torch.inference_mode(), compute_in(resolve_compute_dtype(self.compute_dtype, self.device),
+                                                    self.device):
                 yield
         finally:
             torch.set_num_threads(threads)

@@ -1,0 +1,80 @@
+"""Serving precision of the shipped MetaEmbed-Mini: bfloat16 where the hardware has it, same rankings as float32.
+
+Real packaged weights, real Tux Paint photos and captions, real ReportLab guide pages.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaembed.budget import Budget
+from metaembed.datasets import manuals, tuxpaint
+from metaembed.models import Item, load_encoder
+from metaembed.models.instructions import TEXT_TO_IMAGE, TEXT_TO_PAGE
+from metaembed.models.precision import native_bfloat16, resolve_compute_dtype
+from metaembed.scoring import maxsim
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder(None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> tuple[list[Item], list[Item]]:
+    stamps = tuxpaint.load_split("test")[:12]
+    pages = list(manuals.iter_pages("reportlab-userguide.pdf", dpi=96, numbers=[3, 20, 45]))
+    candidates = [Item(image=tuxpaint.load_image(s, max_side=256), instruction=TEXT_TO_IMAGE.candidate)
+                  for s in stamps]
+    candidates += [Item(image=p.image, text=p.text, instruction=TEXT_TO_PAGE.candidate) for p in pages]
+    queries = [Item(text=s.caption, instruction=TEXT_TO_IMAGE.query) for s in stamps]
+    return queries, candidates
+
+
+def test_names_resolve_and_bad_names_are_refused(encoder) -> None:
+    assert resolve_compute_dtype("float32", CPU) == torch.float32
+    assert resolve_compute_dtype("bfloat16", CPU) == torch.bfloat16
+    assert resolve_compute_dtype("auto", CPU) == (torch.bfloat16 if native_bfloat16(CPU) else torch.float32)
+    assert encoder.compute_dtype == "auto"  # the shipped default
+    with pytest.raises(ValueError, match="compute dtype must be one of"):
+        encoder.compute_dtype = "int4"
+    assert encoder.compute_dtype == "auto"  # a refused name leaves the setting alone
+
+
+def _encode(encoder, dtype: str, queries: list[Item], candidates: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
+    encoder.compute_dtype = dtype
+    try:
+        return encoder.encode_queries(queries), encoder.encode_candidates(candidates, batch_size=4)
+    finally:
+        encoder.compute_dtype = "auto"
+
+
+def test_bfloat16_vectors_rank_as_float32_ones(encoder, inputs) -> None:
+    queries, candidates = inputs
+    q32, c32 = _encode(encoder, "float32", queries, candidates)
+    q16, c16 = _encode(encoder, "bfloat16", queries, candidates)
+    assert not torch.equal(c16, c32), "bfloat16 must actually change the arithmetic"
+    assert (c16 * c32).sum(-1).min() > 0.995 and (q16 * q32).sum(-1).min() > 0.995
+    for budget in (Budget(1, 1), Budget(16, 64)):
+        s32, s16 = (maxsim(q, c.transpose(0, 1).contiguous(), budget) for q, c in ((q32, c32), (q16, c16)))
+        assert (s32 - s16).abs().max() < 0.02 * budget.r_q
+        # Each query's bfloat16 top candidate is its float32 top one, or ties it to within 0.5 % of the score.
+        best32 = s32.max(1).values
+        assert (s32.gather(1, s16.argmax(1, keepdim=True)).squeeze(1) >= best32 - 0.005 * best32.abs()).all(), budget
+
+
+def test_feature_cache_keeps_precisions_apart(encoder, inputs) -> None:
+    _, candidates = inputs
+    keyed = [Item(image=c.image, instruction=c.instruction, key=f"stamp-{i}") for i, c in enumerate(candidates[:2])]
+    cache = encoder.enable_feature_cache({})
+    try:
+        _encode(encoder, "bfloat16", [Item(text="x")], keyed)
+        _encode(encoder, "float32", [Item(text="x")], keyed)
+        assert len(cache) == 4 and sum("/bfloat16:" in k for k in cache) == 2
+        assert not torch.equal(cache[next(k for k in cache if "/bfloat16:stamp-0" in k)],
+                               cache[next(k for k in cache if k.endswith(":stamp-0") and "bfloat16" not in k)])
+    finally:
+        encoder.feature_cache = None
