@@ -86,12 +86,14 @@ def bench_build(model, n_items: int, repeats: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     best = {key: statistics.median(v) for key, v in seconds.items()}
     end_to_end = {name: round(n_items / best[(name, n_items)], 2) for name, _ in sides}
-    marginal = {name: round((sizes[1] - sizes[0]) / max(1e-9, best[(name, sizes[1])] - best[(name, sizes[0])]), 2)
-                for name, _ in sides}
+    # A larger run that took no longer than the smaller one (noise over a fixed cost) has no marginal rate: None.
+    added = {name: best[(name, sizes[1])] - best[(name, sizes[0])] for name, _ in sides}
+    marginal = {name: round((sizes[1] - sizes[0]) / dt, 2) if dt > 0 else None for name, dt in added.items()}
+    base = marginal["single_process"]
     return {"items": list(sizes), "repeats": repeats, "items_per_s": end_to_end, "marginal_items_per_s": marginal,
             "seconds": {f"{name}@{n}": [round(x, 1) for x in v] for (name, n), v in seconds.items()},
             "overhead_end_to_end": {k: round(end_to_end["single_process"] / v - 1, 3) for k, v in end_to_end.items()},
-            "overhead_marginal": {k: round(marginal["single_process"] / v - 1, 3) for k, v in marginal.items()}}
+            "overhead_marginal": {k: round(base / v - 1, 3) if base and v else None for k, v in marginal.items()}}
 
 
 def synthetic_gallery(root: Path, n: int, shards: int = 2) -> Path:

@@ -50,8 +50,8 @@ TEXT_BASELINES = ("bm25", "minilm", "chunked-minilm")
 #: The shipped model and its two ablations, trained identically (configs/mini*.yaml: same data, steps, seed).
 MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
           "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
-LABELS = {"mmr": "mmr (shipped)", "no-mmr": "no-mmr", "single-vector": "single-vector",
-          "mmr-bfloat16": "mmr (shipped), bfloat16 serving"}
+LABELS = {"mmr": "mmr (shipped) float32", "no-mmr": "no-mmr float32", "single-vector": "single-vector float32",
+          "mmr-bfloat16": "mmr (shipped) bfloat16 (served)"}
 #: The shipped model swept at the serving precision where that is bfloat16 (``sweep --compute-dtype auto``);
 #: the triple itself is compared at float32, the precision all three were measured at.
 SERVED = "mmr-bfloat16"
