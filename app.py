@@ -432,12 +432,17 @@ def tradeoff_tab(explorer: Explorer) -> None:
                    [calc_table, calc_verdict], api_name="scale")
 
 
-def model_tab(explorer: Explorer, r_q: gr.Slider, r_c: gr.Slider) -> None:
-    """Switch this session's model; the budget sliders then span the loaded model's R_q and R_c."""
+def model_tab(explorer: Explorer, demo: gr.Blocks, r_q: gr.Slider, r_c: gr.Slider) -> None:
+    """Which model this session uses and how it runs here; switch it, and the budget sliders then span the
+    loaded model's R_q and R_c."""
 
     def do_model(name, request: gr.Request):
         with friendly("model"):
             return explorer.select_model(_sid(request), name)
+
+    def do_model_status(request: gr.Request):
+        with friendly("model"):
+            return explorer.model_status(_sid(request))
 
     def do_bounds(current_r_q, current_r_c, request: gr.Request):
         with friendly("model"):
@@ -454,6 +459,7 @@ def model_tab(explorer: Explorer, r_q: gr.Slider, r_c: gr.Slider) -> None:
         model_status = gr.Markdown(label="model status")
     model_btn.click(do_model, [model_name], [model_status], api_name="select_model").success(
         do_bounds, [r_q, r_c], [r_q, r_c], api_visibility="private")
+    demo.load(do_model_status, None, [model_status], api_name="model_status")
 
 
 def build_app(explorer: Explorer) -> gr.Blocks:
@@ -471,7 +477,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             tokens_tab(explorer, search.results, tabs)
             gallery_tab(explorer, demo, search.blurb)
             tradeoff_tab(explorer)
-            model_tab(explorer, search.r_q, search.r_c)
+            model_tab(explorer, demo, search.r_q, search.r_c)
         demo.unload(on_unload)
     return demo
 

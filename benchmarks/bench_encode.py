@@ -74,7 +74,7 @@ def p50_ms(fn, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metaembed.models.precision import COMPUTE_DTYPES, resolve_compute_dtype
+    from metaembed.models.precision import COMPUTE_DTYPES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="'mini' (default, bundled) or a checkpoint directory")
@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    from metaembed.io import dtype_name
     from metaembed.models import Item, load_encoder
 
     encoder = load_encoder(args.model, device="cpu")
@@ -119,16 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(encoder, "compute_dtype"):
         parser.error(f"the {encoder.backend} backend picks its own precision; --compute-dtype is for MetaEmbed-Mini")
     encoder.compute_dtype = args.compute_dtype
-    dtype = resolve_compute_dtype(args.compute_dtype, encoder.device)
     result = {
         "model": encoder.name,
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
-        "compute_dtype": dtype_name(dtype),
+        "compute_dtype": encoder.precision,
         **measure(),
         "pdf_page_text_chars_p50": statistics.median(len(page[0].text or "") for page in pages),
     }
-    if dtype != torch.float32:  # the float32 figures of the same run, on the same inputs, for comparison
+    if encoder.precision != "float32":  # the float32 figures of the same run, on the same inputs, for comparison
         encoder.compute_dtype = "float32"
         result["float32"] = measure()
     result["load_avg_1min"] = os.getloadavg()[0]

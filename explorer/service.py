@@ -138,13 +138,21 @@ class Explorer:
     def select_model(self, session_id: str, name_or_path: str | None) -> str:
         """Switch this session's model; says plainly if the current gallery does not match it."""
         session = self.session(session_id)
-        encoder = self.models.get(name_or_path)
+        self.models.get(name_or_path)  # loads it, or says why it cannot, before the session switches
         with session.lock:
             session.model_name = (name_or_path or "").strip() or None
             session.last = None
+        return self.model_status(session_id)
+
+    def model_status(self, session_id: str) -> str:
+        """What this session's model is and how it runs here (device, precision), and whether the current
+        gallery matches it: the Model tab shows it on arrival, before anyone switches."""
+        session = self.session(session_id)
+        encoder = self._encoder(session)
         message = (f"Model: {encoder.name} (backend {encoder.backend}, D={encoder.dim}, "
                    f"R_q={encoder.num_query_tokens}, R_c={encoder.num_candidate_tokens}, "
-                   f"fingerprint {fingerprint(encoder)}).")
+                   f"fingerprint {fingerprint(encoder)}), encoding on {encoder.device.type} in "
+                   f"{encoder.precision}.")
         try:
             gallery, label = self._gallery(session)
             check_match(gallery, encoder, label)

@@ -32,10 +32,9 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 from metaembed.budget import TRAINED_GROUPS, Budget  # noqa: E402
 from metaembed.eval.harness import evaluate  # noqa: E402
 from metaembed.eval.loaders import load_eval_set  # noqa: E402
-from metaembed.io import dtype_name  # noqa: E402
 from metaembed.models import MetaEmbedEncoder, load_encoder  # noqa: E402
 from metaembed.models.mini import load_feature_cache, save_feature_cache  # noqa: E402
-from metaembed.models.precision import COMPUTE_DTYPES, resolve_compute_dtype  # noqa: E402
+from metaembed.models.precision import COMPUTE_DTYPES  # noqa: E402
 
 logger = logging.getLogger("measure_mini")
 
@@ -69,8 +68,7 @@ def load_model(path: str | Path | None, compute_dtype: str) -> MetaEmbedEncoder:
 
 def sweep_file(out: Path, name: str, model: MetaEmbedEncoder) -> Path:
     """``mini-NAME.json`` for a float32 sweep, ``mini-NAME-bfloat16.json`` for a bfloat16 one."""
-    dtype = resolve_compute_dtype(model.compute_dtype, model.device)
-    return out / (f"mini-{name}.json" if dtype == torch.float32 else f"mini-{name}-{dtype_name(dtype)}.json")
+    return out / (f"mini-{name}.json" if model.precision == "float32" else f"mini-{name}-{model.precision}.json")
 
 
 def main_metric(report: dict[str, Any]) -> str:
@@ -324,7 +322,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         figures = measure_subset(model, build_subset(Path(tmp)))
     record = {"model_fingerprint": model.fingerprint(), "builder_limit": SUBSET_LIMIT,
-              "compute_dtype": dtype_name(resolve_compute_dtype(model.compute_dtype, model.device)),
+              "compute_dtype": model.precision,
               "command": "python scripts/measure_mini.py subset", "points": figures}
     path = Path(args.output)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -86,6 +86,18 @@ def test_budget_change_reranks_without_reencoding(client):
     assert f5["query_encodes"] == encodes + 2  # a different query is encoded, once per kind (images, pages)
 
 
+def test_model_tab_says_what_runs_and_how(client):
+    import torch
+
+    from metaembed.models.precision import native_bfloat16
+
+    status = client.predict(api_name="/model_status")  # what the Model tab shows on arrival
+    precision = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
+    assert status.startswith("Model: MetaEmbed-Mini (backend mini, D=384, R_q=16, R_c=64, fingerprint ")
+    assert status.endswith(f"encoding on cpu in {precision}.")  # and the gallery matches: no warning
+    assert client.predict("", api_name="/select_model") == status  # empty = the default model
+
+
 def test_two_stage_search_reports_first_stage(client):
     _, _, _, results, figures = search(client, PDF_PAGES[1], 4, 8, k=2, mode="two-stage", k_prime=3)
     # k' per kind: 3 of the 4 images and both pages

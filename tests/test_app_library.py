@@ -293,7 +293,8 @@ def test_model_paths_can_be_locked_for_public_deployments(toy_gallery, tmp_path)
     root, encoder = toy_gallery
     ex = Explorer(ExplorerConfig(model="toy", gallery=root / "gallery", session_root=tmp_path,
                                  allow_model_paths=False), load_model={"toy": encoder}.__getitem__)
-    assert "Model:" in ex.select_model("s", "toy")
+    assert ex.model_status("s").endswith("encoding on cpu in float32.")  # a toy backend computes in float32
+    assert ex.select_model("s", "toy") == ex.model_status("s")
     with pytest.raises(ExplorerError, match="serves only the model 'toy'"):
         ex.select_model("s", str(tmp_path))
 

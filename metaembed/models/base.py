@@ -103,6 +103,17 @@ class MetaEmbedEncoder(torch.nn.Module, ABC):
         raise AttentionUnsupported(f"the {self.backend} backend exposes no attention weights")
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights live (backends override with their own anchor parameter)."""
+        return next(self.parameters(), torch.empty(0)).device
+
+    @property
+    def precision(self) -> str:
+        """The dtype encodes compute in here ("float32", "bfloat16"): shown by the explorer and recorded by
+        the benchmarks, since it sets the speed (and moves vectors within rounding)."""
+        return "float32"
+
+    @property
     def name(self) -> str:
         """Human-readable model name (shown in the UI and stored in indexes)."""
         return str(getattr(self, "config", {}).get("name", self.backend))

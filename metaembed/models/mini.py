@@ -266,6 +266,10 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         resolve_compute_dtype(name, self.device)  # validates the name now, not at the first encode
         self._compute_dtype = name
 
+    @property
+    def precision(self) -> str:
+        return dtype_name(resolve_compute_dtype(self.compute_dtype, self.device))
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors (trained parameters only), each atomically."""
         directory = Path(directory)

@@ -112,6 +112,11 @@ class QwenMetaEmbed(MetaEmbedEncoder):
     def device(self) -> torch.device:
         return self.meta_tokens.weight.device
 
+    @property
+    def precision(self) -> str:
+        """bfloat16 weights and autocast on CUDA, float32 on CPU (see ``_load_base`` and ``_encode``)."""
+        return "bfloat16" if self.device.type == "cuda" else "float32"
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Meta Tokens + LoRA, also when loaded frozen for inference (so the fingerprint is stable)."""
         return {k: v for k, v in self.named_parameters() if k == "meta_tokens.weight" or ".lora_" in k}
