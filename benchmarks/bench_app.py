@@ -171,7 +171,13 @@ def main() -> None:
         proc, url = (None, args.url) if args.url else launch(Path(tmp))
         try:
             Visitor(url, False).search("first search loads the model", 8, 16)
-            result: dict = {"cpus": os.cpu_count(), "searches_per_visitor": args.searches,
+            from gradio_client import Client
+
+            # What ran (model, fingerprint, device, precision: the app's own Model-tab line) and how busy
+            # the machine was, so a figure can be traced to the conditions it was measured in.
+            status = Client(url, verbose=False, download_files=False).predict(api_name="/model_status")
+            result: dict = {"date": time.strftime("%Y-%m-%d"), "model_status": status, "cpus": os.cpu_count(),
+                            "load_average_start": list(os.getloadavg()), "searches_per_visitor": args.searches,
                             "client_floor": client_floor(url, args.searches)}
             print(f"client floor {result['client_floor']}", file=sys.stderr)
             for thumbnails in [m == "thumbnails" for m in args.modes]:
@@ -188,6 +194,7 @@ def main() -> None:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+    result["load_average_end"] = list(os.getloadavg())
     print(json.dumps(result))
 
 

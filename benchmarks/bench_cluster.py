@@ -275,7 +275,8 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     encoder = load_encoder()
-    result = {"load_average_start": list(os.getloadavg()), "cpus": os.cpu_count()}
+    result = {"date": time.strftime("%Y-%m-%d"), "model": encoder.name, "model_fingerprint": encoder.fingerprint(),
+              "precision": encoder.precision, "load_average_start": list(os.getloadavg()), "cpus": os.cpu_count()}
     parts = set(args.parts.split(","))
     if "build" in parts:
         result["build"] = bench_build(encoder, args.items, args.build_repeats)

@@ -74,7 +74,7 @@ def p50_ms(fn, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metaembed.models.precision import COMPUTE_DTYPES
+    from metaembed.models.precision import COMPUTE_DTYPES, set_compute_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="'mini' (default, bundled) or a checkpoint directory")
@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     from metaembed.models import Item, load_encoder
 
     encoder = load_encoder(args.model, device="cpu")
+    try:
+        set_compute_dtype(encoder, args.compute_dtype)
+    except ValueError as err:
+        parser.error(str(err))
     images, captions = tux_inputs(args.images)
     from metaembed.models.instructions import IMAGE_TO_TEXT, TEXT_TO_IMAGE, TEXT_TO_PAGE
 
@@ -115,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
                 p50_ms(lambda page=page: encoder.encode_candidates(page, batch_size=1), 3) for page in pages),
         }
 
-    if not hasattr(encoder, "compute_dtype"):
-        parser.error(f"the {encoder.backend} backend picks its own precision; --compute-dtype is for MetaEmbed-Mini")
-    encoder.compute_dtype = args.compute_dtype
     result = {
         "model": encoder.name,
         "threads": args.threads,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "pdf_page_text_chars_p50": statistics.median(len(page[0].text or "") for page in pages),
     }
     if encoder.precision != "float32":  # the float32 figures of the same run, on the same inputs, for comparison
-        encoder.compute_dtype = "float32"
+        set_compute_dtype(encoder, "float32")
         result["float32"] = measure()
     result["load_avg_1min"] = os.getloadavg()[0]
     result["meets_targets"] = {

@@ -148,6 +148,10 @@ class Explorer:
         """What this session's model is and how it runs here (device, precision), and whether the current
         gallery matches it: the Model tab shows it on arrival, before anyone switches."""
         session = self.session(session_id)
+        if self.served is not None and session.gallery_choice == DEMO:  # the server encodes these queries
+            info = self.served.info()
+            return (f"Model: {info.get('model')} (fingerprint {info.get('model_fingerprint')}), encoding on the "
+                    f"search server {self.served.url}; your own gallery uses this machine's model.")
         encoder = self._encoder(session)
         message = (f"Model: {encoder.name} (backend {encoder.backend}, D={encoder.dim}, "
                    f"R_q={encoder.num_query_tokens}, R_c={encoder.num_candidate_tokens}, "

@@ -34,7 +34,7 @@ from metaembed.eval.harness import evaluate  # noqa: E402
 from metaembed.eval.loaders import load_eval_set  # noqa: E402
 from metaembed.models import MetaEmbedEncoder, load_encoder  # noqa: E402
 from metaembed.models.mini import load_feature_cache, save_feature_cache  # noqa: E402
-from metaembed.models.precision import COMPUTE_DTYPES  # noqa: E402
+from metaembed.models.precision import COMPUTE_DTYPES, set_compute_dtype  # noqa: E402
 
 logger = logging.getLogger("measure_mini")
 
@@ -49,20 +49,21 @@ TEXT_BASELINES = ("bm25", "minilm", "chunked-minilm")
 #: The shipped model and its two ablations, trained identically (configs/mini*.yaml: same data, steps, seed).
 MODELS = {"mmr": REPO / "assets" / "metaembed-mini", "no-mmr": REPO / "runs" / "mini-no-mmr" / "model",
           "single-vector": REPO / "runs" / "mini-single-vector" / "model"}
-LABELS = {"mmr": "mmr (shipped) float32", "no-mmr": "no-mmr float32", "single-vector": "single-vector float32",
-          "mmr-bfloat16": "mmr (shipped) bfloat16 (served)"}
-#: The shipped model swept at the serving precision where that is bfloat16 (``sweep --compute-dtype auto``);
-#: the triple itself is compared at float32, the precision all three were measured at.
+#: The shipped model swept at bfloat16 (``sweep --models mmr --compute-dtype bfloat16``), its serving precision
+#: here; the triple itself is compared at float32 (the sweep's default), the precision all three were measured at.
 SERVED = "mmr-bfloat16"
+LABELS = {"mmr": "mmr (shipped) float32", "no-mmr": "no-mmr float32", "single-vector": "single-vector float32",
+          SERVED: "mmr (shipped) bfloat16 (served)"}
 #: The quality test's fixed subset: eval sets rebuilt from the Debian data with this builder --limit.
 SUBSET_LIMIT = 30
 SUBSET_FILE = REPO / "assets" / "metaembed-mini" / "eval_subset.json"
+SUBSET_PRECISIONS = ("float32", "bfloat16")
 
 
 def load_model(path: str | Path | None, compute_dtype: str) -> MetaEmbedEncoder:
     """A model on CPU computing at ``compute_dtype`` (the serving default is "auto": bfloat16 where native)."""
     model = load_encoder(path, device="cpu")
-    model.compute_dtype = compute_dtype
+    set_compute_dtype(model, compute_dtype)
     return model
 
 
@@ -318,11 +319,15 @@ def build_subset(root: Path) -> Path:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    model = load_model(args.model, args.compute_dtype)
+    """Both precisions: the test checks the one "auto" serves on the machine it runs on."""
+    model = load_model(args.model, "float32")
+    figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        figures = measure_subset(model, build_subset(Path(tmp)))
+        root = build_subset(Path(tmp))
+        for dtype in SUBSET_PRECISIONS:
+            set_compute_dtype(model, dtype)
+            figures[dtype] = measure_subset(model, root)
     record = {"model_fingerprint": model.fingerprint(), "builder_limit": SUBSET_LIMIT,
-              "compute_dtype": model.precision,
               "command": "python scripts/measure_mini.py subset", "points": figures}
     path = Path(args.output)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -375,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--data", default=str(REPO / "data" / "eval"))
     dev.add_argument("--cache", default=os.environ.get("METAEMBED_CACHE", "data/cache"), help="LiT baseline cache")
     dev.add_argument("--feature-cache", default=str(REPO / "runs" / "feature-cache" / "dev-192-g6.safetensors"))
-    for command in (sweep, subset, dev):
-        command.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="auto",
-                             help="serving precision (auto: bfloat16 where the CPU has it natively)")
+    for command, default in ((sweep, "float32"), (dev, "auto")):
+        command.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=default,
+                             help=f"precision to encode in (default {default}; auto: bfloat16 where it is native)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

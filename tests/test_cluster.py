@@ -299,6 +299,10 @@ def test_the_explorer_searches_a_served_gallery(served, mini_galleries, tmp_path
     from explorer.service import Explorer
 
     explorer = Explorer(ExplorerConfig(serve_url=served, session_root=tmp_path))
+    info = json.loads(urllib.request.urlopen(served + "/info").read())
+    assert explorer.model_status("visitor") == (
+        f"Model: {info['model']} (fingerprint {info['model_fingerprint']}), encoding on the search server "
+        f"{served}; your own gallery uses this machine's model.")
     view = explorer.search("visitor", QUERIES[1], None, "", 8, 16, 3)
     reference = reference_search(mini_galleries[1], {"text": QUERIES[1], "r_q": 8, "r_c": 16, "k": 3})
     assert [r["id"] for r in view.results] == [h["id"] for h in reference["hits"]]

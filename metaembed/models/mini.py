@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from metaembed.io import atomic_write, atomic_write_json, dtype_name
 from metaembed.models.attention import TokenAttention
 from metaembed.models.base import CONFIG_NAME, Item, MetaEmbedEncoder, ModelLoadError, pick_device, read_config
-from metaembed.models.precision import active_dtype, compute_in, resolve_compute_dtype
+from metaembed.models.precision import compute_in, resolve_compute_dtype
 from metaembed.models.regions import image_weights, text_weights
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         self._instruction_ids: dict[str, list[int]] = {}
         self._merged = False
         self._compute_dtype = "auto"
+        # The precision of the encode in progress (None outside one): tags the frozen features it caches.
+        self._encoding_dtype: torch.dtype | None = None
         self.to(pick_device(device))
 
     # ------------------------------------------------------------------ construction / persistence
@@ -257,7 +259,8 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         """The serving precision (``metaembed.models.precision``): "auto" (default), "float32" or "bfloat16".
 
         Not part of the config or the fingerprint: vectors computed either way are interchangeable, so an
-        index built at one precision serves queries encoded at the other. Training always runs float32.
+        index built at one precision serves queries encoded at the other. It applies to ``encode_*`` (and so
+        to the evals a trainer runs through them), not to ``embed``: training keeps the trainer's precision.
         """
         return self._compute_dtype
 
@@ -320,8 +323,10 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         return self.feature_cache
 
     def _cache_key(self, key: str) -> str:
-        dtype = active_dtype(self.device)
-        precision = "" if dtype == torch.float32 else f"/{dtype_name(dtype)}"
+        """Features computed by a bfloat16 encode are kept apart from the float32 ones that ``prepare`` and
+        training use (whatever autocast a trainer runs under)."""
+        dtype = self._encoding_dtype
+        precision = "" if dtype in (None, torch.float32) else f"/{dtype_name(dtype)}"
         return f"{self.image_size}/{self.config['visual_grid']}{precision}:{key}"
 
     @torch.inference_mode()
@@ -694,10 +699,11 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         try:
             if single_text and self.device.type == "cpu":
                 torch.set_num_threads(1)
-            with torch.inference_mode(), compute_in(resolve_compute_dtype(self.compute_dtype, self.device),
-                                                    self.device):
+            self._encoding_dtype = resolve_compute_dtype(self.compute_dtype, self.device)
+            with torch.inference_mode(), compute_in(self._encoding_dtype, self.device):
                 yield
         finally:
+            self._encoding_dtype = None
             torch.set_num_threads(threads)
             if was_training:
                 self.train()
