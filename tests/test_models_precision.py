@@ -5,6 +5,9 @@ Real packaged weights, real Tux Paint photos and captions, real ReportLab guide 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -68,27 +71,30 @@ def test_backends_that_pick_their_own_precision_refuse_a_forced_one() -> None:
     assert toy.precision == "float32" and not hasattr(toy, "compute_dtype")
 
 
+@contextlib.contextmanager
+def computing_at(encoder, dtype: str) -> Iterator[None]:
+    """The shared module-scoped encoder at ``dtype`` for one block, back to the default after it."""
+    encoder.compute_dtype = dtype
+    try:
+        yield
+    finally:
+        encoder.compute_dtype = "auto"
+
+
 def test_training_forward_ignores_the_serving_precision(encoder, inputs) -> None:
     items = inputs[1][:2]
     outputs = {}
     for dtype in ("bfloat16", "float32"):
-        encoder.compute_dtype = dtype
-        try:
-            with torch.no_grad():
-                outputs[dtype] = encoder.embed(items, "candidate")  # the trainer's forward: its own precision
-        finally:
-            encoder.compute_dtype = "auto"
+        with computing_at(encoder, dtype), torch.no_grad():
+            outputs[dtype] = encoder.embed(items, "candidate")  # the trainer's forward: its own precision
     torch.testing.assert_close(outputs["bfloat16"], outputs["float32"], atol=1e-6, rtol=0)
     with torch.no_grad(), compute_in(torch.bfloat16, CPU):  # what the check would see if the setting leaked
         assert (encoder.embed(items, "candidate") - outputs["float32"]).abs().max() > 1e-4
 
 
 def _encode(encoder, dtype: str, queries: list[Item], candidates: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
-    encoder.compute_dtype = dtype
-    try:
+    with computing_at(encoder, dtype):
         return encoder.encode_queries(queries), encoder.encode_candidates(candidates, batch_size=4)
-    finally:
-        encoder.compute_dtype = "auto"
 
 
 def test_bfloat16_vectors_rank_as_float32_ones(encoder, inputs) -> None:
@@ -126,10 +132,7 @@ def test_bfloat16_batches_agree_with_items_alone(encoder, inputs) -> None:
     # rounding: measured 2e-3 per component, cosine >= 0.99997.
     queries, candidates = inputs
     for items, encode in ((queries[:6], encoder.encode_queries), (candidates[-5:], encoder.encode_candidates)):
-        encoder.compute_dtype = "bfloat16"
-        try:
+        with computing_at(encoder, "bfloat16"):
             batched = encode(items, batch_size=8)
             alone = torch.cat([encode([item], batch_size=1) for item in items])
-        finally:
-            encoder.compute_dtype = "auto"
         assert (batched * alone).sum(-1).min() > 0.9995
