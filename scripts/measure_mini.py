@@ -41,8 +41,9 @@ logger = logging.getLogger("measure_mini")
 SETS = ("tux-t2i", "tux-i2t", "fmnist-cls", "rdocs", "tux-scenes")
 SET_PATHS = {"tux-t2i": "tux-t2i", "tux-i2t": "tux-i2t/tux-i2t.jsonl", "fmnist-cls": "fmnist-cls/fmnist-cls.jsonl",
              "rdocs": "rdocs", "tux-scenes": "tux-scenes", "oca-dev-t2i": "oca-dev-t2i",
-             "oca-dev-i2t": "oca-dev-i2t/oca-dev-i2t.jsonl", "oca-dev-scenes": "oca-dev-scenes", "docs-dev": "docs-dev"}
-DEV_SETS = ("oca-dev-t2i", "oca-dev-i2t", "oca-dev-scenes", "docs-dev")
+             "oca-dev-i2t": "oca-dev-i2t/oca-dev-i2t.jsonl", "oca-dev-scenes": "oca-dev-scenes", "docs-dev": "docs-dev",
+             "fmnist-dev": "fmnist-dev/fmnist-dev.jsonl"}
+DEV_SETS = ("oca-dev-t2i", "oca-dev-i2t", "oca-dev-scenes", "docs-dev", "fmnist-dev")
 #: Text-only baselines apply to the page sets; LiT (image-text) to the others.
 TEXT_SETS = ("rdocs", "docs-dev")
 TEXT_BASELINES = ("bm25", "minilm", "chunked-minilm")
@@ -177,7 +178,7 @@ def spread_table(results: dict[str, dict[str, Any]], sets: tuple[str, ...] = SET
 
 
 def _metric_name(name: str) -> str:
-    return "P@1" if name in ("tux-i2t", "fmnist-cls", "oca-dev-i2t") else "nDCG@5"
+    return "P@1" if name in ("tux-i2t", "fmnist-cls", "oca-dev-i2t", "fmnist-dev") else "nDCG@5"
 
 
 def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]],
@@ -337,7 +338,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Recipe choices are made here, on the dev sets (held-out Open Clip Art clips, a held-out train
-    manual), never on the test sets. Prints the main metric and the match spread per set and budget."""
+    manual, held-out Fashion-MNIST train images), never on the test sets. Prints the main metric and the match spread per set and budget."""
     cache_file = Path(args.feature_cache)
     cache = load_feature_cache(cache_file)
     sets = tuple(args.sets)

@@ -91,6 +91,11 @@ def test_mmeb_sets_put_gold_first(small_builds):
         assert row["tgt_text"][0] == fmnist.CLASSES[label] and sorted(row["tgt_text"]) == sorted(fmnist.CLASSES)
         assert row["qry_text"].startswith(IMAGE_TOKEN) and (root / "fmnist-cls" / row["qry_img_path"]).is_file()
         assert len(row["tgt_img_path"]) == len(row["tgt_text"])
+    _, dev_labels = fmnist.load_split("dev")
+    rows = _jsonl(root / "fmnist-dev" / "fmnist-dev.jsonl")
+    assert [row["tgt_text"][0] for row in rows] == [fmnist.CLASSES[label] for label in dev_labels[:6].tolist()]
+    assert all((root / "fmnist-dev" / row["qry_img_path"]).is_file() for row in rows)
+    assert "dev" in json.loads((root / "fmnist-dev" / "info.json").read_text())["description"]
     stamps = tuxpaint.load_split("test")[:6]
     rows = _jsonl(root / "tux-i2t" / "tux-i2t.jsonl")
     for row, stamp in zip(rows, stamps, strict=True):

@@ -53,6 +53,21 @@ def test_fmnist_test_is_first_thousand_of_t10k():
     assert len(fmnist.CLASSES) == 10 and set(labels.tolist()) == set(range(10))
 
 
+def test_fmnist_dev_is_the_last_thousand_train_images_and_training_never_reads_it():
+    train, train_labels = fmnist.load_split("train")
+    dev, dev_labels = fmnist.load_split("dev")
+    with gzip.open(fmnist.ROOT / "train-images-idx3-ubyte.gz") as handle:
+        raw = np.frombuffer(handle.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    assert len(raw) == 60000 and train.shape == (59000, 28, 28) and dev.shape == (1000, 28, 28)
+    np.testing.assert_array_equal(dev, raw[-1000:])
+    np.testing.assert_array_equal(train, raw[:-1000])
+    assert set(dev_labels.tolist()) == set(range(10)) and len(train_labels) == 59000
+    # A per-class cap past what the first 59,000 hold takes every train image and still none of dev's.
+    examples = SOURCES["fmnist_cls"]({"per_class": 6000})
+    indices = {int(e.query.key.rsplit(":", 1)[1]) for e in examples}
+    assert len(examples) == 59000 and max(indices) == 58999
+
+
 def test_manual_splits_partition_the_listed_pdfs():
     train, dev, test = (manuals.manual_names(split) for split in ("train", "dev", "test"))
     assert sorted(test) == ["R-FAQ.pdf", "R-admin.pdf", "R-data.pdf"]

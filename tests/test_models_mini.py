@@ -66,6 +66,20 @@ def test_batch_size_invariance(model: MiniMetaEmbed, photos) -> None:
         assert (batched - alone).abs().max().item() < 1e-4
 
 
+def test_a_long_page_among_short_items_changes_none_of_them(model: MiniMetaEmbed, photos) -> None:
+    # Training batches mix pages of several windows with captions and photos; the Meta pass groups items by
+    # length, and every item must still get exactly the vectors it gets alone (and its own attention).
+    page = Item(text=" ".join(f"Section {n}: the apt tool installs package number {n}." for n in range(200)))
+    assert model.text_coverage(page)[1] > 2 * model.text_window  # three windows or more
+    items = [Item(text="a marmot"), page, Item(image=photos[0]), Item(text="trousers")]
+    with torch.no_grad():
+        batched = model.embed(items, "candidate")
+        alone = torch.cat([model.embed([item], "candidate") for item in items])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+    attention = model.candidate_attention(page)
+    assert attention.text.shape == (8, model.text_coverage(page)[0])
+
+
 def test_embed_is_differentiable_and_matches_encode(model: MiniMetaEmbed, photos) -> None:
     items = _items(photos)[:4]
     model.train()

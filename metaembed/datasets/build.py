@@ -1,7 +1,8 @@
 """Build the public eval sets (issue 3) from the Debian-packaged data, deterministically and atomically.
 
 Plus dev sets for model and recipe choices, never the public test sets: Open Clip Art's held-out split
-(``oca-dev-t2i``, ``oca-dev-i2t``, ``oca-dev-scenes``) and the held-out dev manual (``docs-dev``).
+(``oca-dev-t2i``, ``oca-dev-i2t``, ``oca-dev-scenes``), the held-out dev manual (``docs-dev``) and the
+last 1,000 Fashion-MNIST train images (``fmnist-dev``).
 
 Composite sets (``tux-scenes`` from the Tux Paint test split, ``oca-dev-scenes`` from the Open Clip
 Art dev clips): every picture is placed on ``SCENE_ROUNDS`` (4) canvases of 2x2 by ``scenes.arrange``:
@@ -160,21 +161,32 @@ def build_oca_dev_i2t(writer: _Writer, limit: int | None) -> dict[str, int]:
                         "Open Clip Art dev split (held out, for model selection): clip -> title + keywords")
 
 
-def build_fmnist_cls(writer: _Writer, limit: int | None) -> dict[str, int]:
-    """First 1,000 t10k images -> one of the 10 class names (gold first, the others in class order)."""
-    images, labels = fmnist.load_split("test")
+def _fmnist_set(writer: _Writer, limit: int | None, split: str, name: str, description: str,
+                prefix: str) -> dict[str, int]:
+    """Image -> one of the 10 class names (gold first, the others in class order), MMEB layout."""
+    images, labels = fmnist.load_split(split)
     rows = []
-    for index in tqdm(range(len(labels))[:limit], desc="fmnist images", leave=False):
-        path = f"images/t10k-{index:05d}.png"
+    for index in tqdm(range(len(labels))[:limit], desc=f"{name} images", leave=False):
+        path = f"images/{prefix}-{index:05d}.png"
         writer.bytes(path, png_bytes(fmnist.to_image(images[index])))
         gold = fmnist.CLASSES[int(labels[index])]
         targets = [gold] + [c for c in fmnist.CLASSES if c != gold]
         rows.append({"qry_text": mmeb_query_text(CLASSIFICATION.query), "qry_img_path": path,
                      "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
-    writer.jsonl("fmnist-cls.jsonl", rows)
+    writer.jsonl(f"{name}.jsonl", rows)
     counts = {"queries": len(rows), "candidates_per_query": len(fmnist.CLASSES)}
-    writer.info("fmnist-cls", "mmeb", CLASSIFICATION, "Fashion-MNIST t10k[:1000]: image -> class name", counts)
+    writer.info(name, "mmeb", CLASSIFICATION, description, counts)
     return counts
+
+
+def build_fmnist_cls(writer: _Writer, limit: int | None) -> dict[str, int]:
+    return _fmnist_set(writer, limit, "test", "fmnist-cls", "Fashion-MNIST t10k[:1000]: image -> class name", "t10k")
+
+
+def build_fmnist_dev(writer: _Writer, limit: int | None) -> dict[str, int]:
+    return _fmnist_set(writer, limit, "dev", "fmnist-dev",
+                       "dev, not a test set: the last 1,000 Fashion-MNIST train images, which training never "
+                       "reads: image -> class name", "train-dev")
 
 
 def _page_set(writer: _Writer, names: list[str], limit: int | None, name: str, description: str) -> dict[str, int]:
@@ -282,6 +294,7 @@ BUILDERS: dict[str, Callable[[_Writer, int | None], dict[str, int]]] = {
     "tux-scenes": build_tux_scenes,
     "oca-dev-scenes": build_oca_dev_scenes,
     "docs-dev": build_docs_dev,
+    "fmnist-dev": build_fmnist_dev,
 }
 
 

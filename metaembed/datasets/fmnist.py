@@ -1,6 +1,7 @@
 """Fashion-MNIST (Debian ``dataset-fashion-mnist``): 28x28 greyscale clothing, 10 classes.
 
-Split rule: train = the train files (60,000); test = the first 1,000 images of ``t10k``.
+Split rule: train = the first 59,000 images of the train files; dev = their last 1,000 (held out of
+training, for recipe choices); test = the first 1,000 images of ``t10k``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ ROOT = Path("/usr/share/datasets/fashion-mnist")
 APT_PACKAGE = "dataset-fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 TEST_SIZE = 1000
-_FILES = {"train": "train", "test": "t10k"}
+DEV_SIZE = 1000
+_FILES = {"train": "train", "dev": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4")}
 
 
@@ -45,7 +47,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def load_split(split: str, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 (n, 28, 28), labels int64 (n,))`` of the fixed ``train`` or ``test`` split."""
+    """``(images uint8 (n, 28, 28), labels int64 (n,))`` of the fixed ``train``, ``dev`` or ``test`` split."""
     if split not in _FILES:
         raise ValueError(f"unknown Fashion-MNIST split {split!r}; expected one of {tuple(_FILES)}")
     root = root or ROOT
@@ -55,8 +57,10 @@ def load_split(split: str, root: Path | None = None) -> tuple[np.ndarray, np.nda
     if len(images) != len(labels):
         raise IdxFormatError(f"{root}: {len(images)} {prefix} images but {len(labels)} labels")
     if split == "test":
-        images, labels = images[:TEST_SIZE], labels[:TEST_SIZE]
-    return images, labels
+        return images[:TEST_SIZE], labels[:TEST_SIZE]
+    if split == "dev":
+        return images[-DEV_SIZE:], labels[-DEV_SIZE:]
+    return images[:-DEV_SIZE], labels[:-DEV_SIZE]
 
 
 def to_image(pixels: np.ndarray) -> Image.Image:

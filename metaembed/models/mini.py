@@ -164,7 +164,7 @@ class _Streams:
     text_index: list[torch.Tensor]  # positions of the item's own text tokens in ``inputs[i]``
     visual_index: list[torch.Tensor]  # positions of its visual tokens (empty for text-only items)
     meta: torch.Tensor  # (n, R, D)
-    attention: torch.Tensor | None  # (n, R, K_max) heads-averaged, last Meta layer
+    attention: list[torch.Tensor] | None  # per item (R, K_i) heads-averaged, last Meta layer
 
 
 class MiniMetaEmbed(MetaEmbedEncoder):
@@ -460,7 +460,7 @@ class MiniMetaEmbed(MetaEmbedEncoder):
         layers = list(self.lm.encoder.layer)
         meta_depths = range(self.first_meta_layer, len(layers))
         # Every bucket's padded outputs, flattened to one row per (window, position); ``where[i]`` is the
-        # flat row of window i's first position. One gather per tensor then lays out each item's tokens.
+        # flat row of window i's first position. Gathers then lay out each item's tokens.
         flat_states, flat_kv, where, base = [], {d: ([], []) for d in meta_depths}, [0] * len(windows), 0
         for bucket in _length_buckets([w.length for w in windows]):
             group = [windows[i] for i in bucket]
@@ -483,36 +483,53 @@ class MiniMetaEmbed(MetaEmbedEncoder):
                 v_idx.extend(range(offset + 1, offset + 1 + w.n_visual))
                 t_idx.extend(range(offset + w.text_start, offset + w.text_start + w.text_len))
                 offset += w.length
-            rows.append(r_idx)
+            rows.append(torch.tensor(r_idx, dtype=torch.long, device=self.device))
             text_index.append(torch.tensor(t_idx, dtype=torch.long, device=self.device))
             visual_index.append(torch.tensor(v_idx, dtype=torch.long, device=self.device))
             lengths.append(offset)
-        k_max, n_meta = max(lengths), self._num_tokens(side)
-        gather = torch.full((n, k_max), base, dtype=torch.long)  # ``base`` = the zero row appended below
-        for b, r_idx in enumerate(rows):
-            gather[b, :len(r_idx)] = torch.tensor(r_idx, dtype=torch.long)
-        gather = gather.to(self.device)
+        flat_inputs = torch.cat(flat_states)
+        # The flat keys / values end in one zero row (index ``base``) that padded gather slots point at.
+        flat_k_v = {depth: tuple(torch.cat(parts + [parts[0].new_zeros(1, *parts[0].shape[1:])]) for parts in kv)
+                    for depth, kv in flat_kv.items()}
+        emb = self.lm.embeddings
+        meta_init = emb.LayerNorm(self.meta_tokens(self._rows(side)) + emb.token_type_embeddings.weight[0])
+        meta_of: dict[int, torch.Tensor] = {}
+        probs_of: dict[int, torch.Tensor] = {}
+        # Items of similar length share a Meta pass: one page among captions would otherwise pad every
+        # caption's keys to the page's thousands of tokens (training steps with a page were 2x slower).
+        for bucket in _length_buckets(lengths):
+            meta, probs = self._meta_stream(meta_init, [rows[b] for b in bucket], base, flat_k_v, attention)
+            for j, b in enumerate(bucket):
+                meta_of[b] = meta[j]
+                if probs is not None:
+                    probs_of[b] = probs[j, :, :lengths[b]]
+        return _Streams([flat_inputs[r] for r in rows], text_index, visual_index,
+                        torch.stack([meta_of[b] for b in range(n)]),
+                        [probs_of[b] for b in range(n)] if attention else None)
 
-        def laid_out(parts: list[torch.Tensor]) -> torch.Tensor:
-            flat = torch.cat(parts + [parts[0].new_zeros(1, *parts[0].shape[1:])])
-            return flat[gather]
-
-        inputs = laid_out(flat_states)
-        key_real = gather < base
+    def _meta_stream(self, meta_init: torch.Tensor, rows: list[torch.Tensor], base: int,
+                     flat_k_v: dict[int, tuple[torch.Tensor, torch.Tensor]], attention: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The Meta Tokens of a few items through the Meta layers: (n, R, D) states and, when asked, the last
+        layer's heads-averaged attention (n, R, K_max) over each item's input tokens (``rows``: their flat
+        positions, window by window)."""
+        n, n_meta = len(rows), meta_init.shape[0]
+        k_max = max(len(r) for r in rows)
+        gather = torch.full((n, k_max), base, dtype=torch.long, device=self.device)
+        for b, r in enumerate(rows):
+            gather[b, :len(r)] = r
         causal = torch.ones(n_meta, n_meta, dtype=torch.bool, device=self.device).tril()
+        key_real = gather < base
         mask = torch.cat([key_real[:, None, :].expand(n, n_meta, k_max), causal.expand(n, n_meta, n_meta)], dim=2)
         mask = mask.unsqueeze(1)
-
-        emb = self.lm.embeddings
-        meta = emb.LayerNorm(self.meta_tokens(self._rows(side)) + emb.token_type_embeddings.weight[0])
-        meta = meta.unsqueeze(0).expand(n, -1, -1)
-        probs = None
-        for depth in meta_depths:
-            k_in, v_in = (laid_out(parts).transpose(1, 2) for parts in flat_kv[depth])
+        layers = list(self.lm.encoder.layer)
+        meta, probs = meta_init.unsqueeze(0).expand(n, -1, -1), None
+        for depth, (flat_k, flat_v) in flat_k_v.items():
             last = attention and depth == len(layers) - 1
-            meta, probs_here = self._meta_layer(layers[depth], meta, k_in, v_in, mask, last)
+            meta, probs_here = self._meta_layer(layers[depth], meta, flat_k[gather].transpose(1, 2),
+                                                flat_v[gather].transpose(1, 2), mask, last)
             probs = probs_here if last else probs
-        return _Streams([inputs[b, :lengths[b]] for b in range(n)], text_index, visual_index, meta, probs)
+        return meta, probs
 
     def _input_stream(self, windows: list[_Window], visual: list[torch.Tensor | None], layers: list[torch.nn.Module]
                       ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
