@@ -338,7 +338,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Recipe choices are made here, on the dev sets (held-out Open Clip Art clips, a held-out train
-    manual, held-out Fashion-MNIST train images), never on the test sets. Prints the main metric and the match spread per set and budget."""
+    manual, held-out Fashion-MNIST train images), never on the test sets. Prints the main metric and the
+    match spread per set and budget."""
     cache_file = Path(args.feature_cache)
     cache = load_feature_cache(cache_file)
     sets = tuple(args.sets)
