@@ -178,7 +178,9 @@ class Trainer:
             self.model.train()
 
     # -- the loop --------------------------------------------------------------------------------
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Let the backend cache what training will reuse (frozen features) before the first step; ``train``
+        calls it, and so does a benchmark that times steps without that one-off cost."""
         prepare = getattr(self.model, "prepare", None)
         if prepare is None:
             return
@@ -192,7 +194,7 @@ class Trainer:
         """Run to ``cfg.steps``, logging, checkpointing and evaluating; save the final model; return it."""
         if resume and not self.resume():
             logger.info("no checkpoint in %s: starting from step 0", self.cfg.checkpoint_dir)
-        self._prepare()
+        self.prepare()
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
         try:
