@@ -178,7 +178,9 @@ def spread_table(results: dict[str, dict[str, Any]], sets: tuple[str, ...] = SET
 
 
 def _metric_name(name: str) -> str:
-    return "P@1" if name in ("tux-i2t", "fmnist-cls", "oca-dev-i2t", "fmnist-dev") else "nDCG@5"
+    """The set's main metric as the tables print it, from its layout (``SET_PATHS``: an MMEB set is a .jsonl
+    file, scored by precision@1; a BEIR set is a folder, scored by nDCG@5; ``eval.harness.MAIN_METRIC``)."""
+    return "P@1" if SET_PATHS[name].endswith(".jsonl") else "nDCG@5"
 
 
 def targets(results: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]],
